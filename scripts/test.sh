@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command of README.md: set-up, then every unit and integration test (real xenstored,
+# simulated hypervisor), then the end-to-end run on a real Xen in QEMU. Exit status: 0 all passed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+results=$(mktemp -d)
+trap 'rm -rf "$results"' EXIT
+status=0
+npx vitest run --reporter=default --reporter=json --outputFile="$results/vitest.json" || status=$?
+
+# One plain closing line that any reader understands, whatever vitest prints above it.
+node -e '
+  const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+  const skipped = r.numPendingTests + r.numTodoTests;
+  console.log(`vitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
+  if (r.numTotalTests === 0) { console.error("no test ran"); process.exit(1); }
+' "$results/vitest.json" || status=1
+
+if [ -f test/e2e/run.sh ] && [ "${DEVMIGRATE_SKIP_E2E:-0}" != 1 ]; then
+  bash test/e2e/run.sh || status=$?
+fi
+exit "$status"
