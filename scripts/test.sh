@@ -18,7 +18,9 @@ node -e '
   if (r.numTotalTests === 0) { console.error("no test ran"); process.exit(1); }
 ' "$results/vitest.json" || status=1
 
-if [ -f test/e2e/run.sh ] && [ "${DEVMIGRATE_SKIP_E2E:-0}" != 1 ]; then
-  bash test/e2e/run.sh || status=$?
+if [ "${DEVMIGRATE_SKIP_E2E:-0}" = 1 ]; then
+  echo "e2e: skipped (DEVMIGRATE_SKIP_E2E=1)"
+else
+  npm run --silent test:e2e || status=$?
 fi
 exit "$status"
