@@ -59,6 +59,19 @@ export class XenStoreDisconnectedError extends Error {
   }
 }
 
+/**
+ * No xenstored socket where libxenstore would look (or the path is not a socket): the caller may
+ * fall back to the libxenstore (FFI) client on `devicePath` (e.g. /dev/xen/xenbus).
+ */
+export class XenStoreNoSocketError extends XenStoreDisconnectedError {
+  constructor(
+    message: string,
+    readonly devicePath: string,
+  ) {
+    super(message);
+  }
+}
+
 /** The server sent something the protocol does not allow; the connection is closed. */
 export class XenStoreProtocolError extends Error {
   override readonly name = 'XenStoreProtocolError';

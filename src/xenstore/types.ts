@@ -20,7 +20,8 @@ export interface WatchEvent {
 /**
  * A registered watch. Events arrive through the callback given to watch() and/or by iterating.
  * When the connection drops, iteration throws the XenStoreDisconnectedError and the callback's
- * onError (if given) is called once; the watch is then dead (re-register after reconnect()).
+ * onError (if given) is called once; the watch is then dead: connect again (connectXenStore())
+ * and re-register it.
  */
 export interface Watch extends AsyncIterable<WatchEvent> {
   readonly path: string;

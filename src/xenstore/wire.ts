@@ -238,8 +238,8 @@ export function parseAck(payload: Buffer): void {
   }
 }
 
-/** READ: the raw value (no NUL, may be binary). */
-export const parseValue = (payload: Buffer): Buffer => payload;
+/** READ: the raw value (no NUL, may be binary), copied out of the (reused) receive buffer. */
+export const parseValue = (payload: Buffer): Buffer => Buffer.from(payload);
 
 /** DIRECTORY: children names, each NUL-terminated (an empty payload: no children). */
 export const parseDirectory = (payload: Buffer): string[] => splitStrings(payload, 'DIRECTORY');
@@ -339,7 +339,10 @@ export function parseQuotaList(payload: Buffer): Map<string, number> {
 
 // ---- Streaming frame decoder. ----
 
-/** Receives each complete frame; `payload` is a view valid for as long as the caller keeps it. */
+/**
+ * Receives each complete frame. `payload` is a view into the receive buffer, valid only during
+ * the call: copy what must outlive it.
+ */
 export type FrameHandler = (type: number, reqId: number, txId: number, payload: Buffer) => void;
 
 /**
@@ -390,7 +393,8 @@ export class FrameDecoder {
       if (err instanceof XenStoreProtocolError) this.broken = err;
       throw err;
     }
-    if (off < end) this.pending = off === 0 ? buf : buf.subarray(off);
+    // Copy what is left: the caller may reuse `chunk` for its next read (net onread buffer).
+    if (off < end) this.pending = Buffer.from(buf.subarray(off));
   }
 
   /** Bytes of an incomplete frame waiting for more input. */
