@@ -2,7 +2,7 @@
 // simulated hypervisor (state folder shared with libxenctrl-sim.so), and guest ring bridges that
 // let any libxenstore client act as domain N. API and formats: xen-mocks/README.md.
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile, access } from 'node:fs/promises';
+import { access, mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -73,6 +73,22 @@ function tryConnect(path: string): Promise<boolean> {
   });
 }
 
+/**
+ * Zeroes a ring page in place: xenstored may still have it mapped (a re-added guest), and
+ * truncating a mapped file would SIGBUS it; replacing the file would split the two sides.
+ */
+async function zeroRingPage(path: string): Promise<void> {
+  const fh = await open(path, 'a+').then(async (h) => {
+    await h.close();
+    return open(path, 'r+');
+  });
+  try {
+    await fh.write(Buffer.alloc(4096), 0, 4096, 0);
+  } finally {
+    await fh.close();
+  }
+}
+
 class Harness implements XenstoredHarness {
   readonly socketPath: string;
   readonly stateDir: string;
@@ -108,13 +124,12 @@ class Harness implements XenstoredHarness {
     await mkdir(this.stateDir, { recursive: true });
     // What /proc/xen/xsd_port and /proc/xen/xsd_kva give a dom0 xenstored (the shim redirects).
     await writeFile(join(this.stateDir, 'xsd_port'), `${XENBUS_PORT_BASE}\n`);
-    await writeFile(join(this.stateDir, 'ring-0'), Buffer.alloc(4096));
     await writeDomain(this.stateDir, defaultDomain(0));
     await this.startDaemon();
   }
 
   private async startDaemon(): Promise<void> {
-    await writeFile(join(this.stateDir, 'ring-0'), Buffer.alloc(4096));
+    await zeroRingPage(join(this.stateDir, 'ring-0'));
     const args = ['-N'];
     if (this.trace) args.push('-T', join(this.dir, 'xenstored-trace.log'));
     const env: NodeJS.ProcessEnv = {
@@ -162,7 +177,7 @@ class Harness implements XenstoredHarness {
     await withDomainLock(this.stateDir, domid, () =>
       writeDomain(this.stateDir, { ...defaultDomain(domid), hvm: opts.hvm ?? false }),
     );
-    await writeFile(join(this.stateDir, `ring-${domid}`), Buffer.alloc(4096));
+    await zeroRingPage(join(this.stateDir, `ring-${domid}`));
 
     // The toolstack's side, as libxl does it: the home node owned by the guest, then INTRODUCE.
     const home = `/local/domain/${domid}`;
@@ -257,6 +272,35 @@ class Harness implements XenstoredHarness {
   }
 }
 
+const OWNER_FILE = 'owner-pid';
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes run folders of harnesses whose process was SIGKILLed (no exit hook ran): their daemons
+ * died with them (parent-death signal), only the folder is left. Folders without an owner-pid
+ * file, or whose owner lives, are never touched.
+ */
+async function sweepStaleRunDirs(): Promise<void> {
+  const base = tmpdir();
+  const names = await readdir(base).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!name.startsWith('xsd-')) continue;
+    const dir = join(base, name);
+    const owner = Number((await readFile(join(dir, OWNER_FILE), 'utf8').catch(() => '')).trim());
+    if (Number.isInteger(owner) && owner > 0 && owner !== process.pid && !pidAlive(owner)) {
+      await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    }
+  }
+}
+
 /**
  * Starts xenstored in a fresh folder (mkdtemp under os.tmpdir() unless opts.dir is given).
  * Requires buildMocks() to have run (vitest's global setup does it).
@@ -268,8 +312,12 @@ export async function startXenstored(
     throw new HarnessError(`${buildDir()}/xsd-shim.so missing: run buildMocks() (make -C xen-mocks) first`);
   });
   const ownsDir = opts.dir === undefined;
+  if (ownsDir) await sweepStaleRunDirs();
   const dir = opts.dir ?? (await mkdtemp(join(tmpdir(), 'xsd-')));
-  if (ownsDir) trackTempDir(dir);
+  if (ownsDir) {
+    trackTempDir(dir);
+    await writeFile(join(dir, OWNER_FILE), `${process.pid}\n`);
+  }
   const h = new Harness(dir, ownsDir, opts.trace ?? false);
   try {
     await h.init();

@@ -79,6 +79,20 @@ function frontendNodes(type: string, devid: string): Record<string, string> {
   }
 }
 
+/** Longest close() waits for each of UNWATCH and the connection close. */
+const CLOSE_STEP_MS = 500;
+
+async function bounded(p: Promise<unknown>, ms: number): Promise<void> {
+  let t: NodeJS.Timeout | undefined;
+  await Promise.race([
+    p.catch(() => undefined),
+    new Promise<void>((resolve) => {
+      t = setTimeout(resolve, ms);
+    }),
+  ]);
+  clearTimeout(t);
+}
+
 function check(r: NativeResult, what: string): void {
   if (r.ret < 0) throw new Error(`${what} failed: ${errnoName(r.errno)}`);
 }
@@ -153,8 +167,9 @@ export async function startSimGuest(opts: SimGuestOptions): Promise<SimGuest> {
         check(await xc.destroy(xch, opts.domid), 'xc_domain_destroy');
         return;
       }
+      // Counted before the hypercall: the toolstack may see the suspend before this call returns.
+      if (mode !== 'crash') stats.suspends++;
       await suspendSelf(mode === 'crash' ? SHUTDOWN_CODE.crash : SHUTDOWN_CODE.suspend);
-      stats.suspends++;
     };
     const ack = async (): Promise<void> => {
       // Linux acks inside a transaction that re-reads the request (manage.c shutdown_handler).
@@ -229,8 +244,9 @@ export async function startSimGuest(opts: SimGuestOptions): Promise<SimGuest> {
       closed = true;
       for (const t of timers) clearTimeout(t);
       timers.clear();
-      if (!dead) await w.close().catch(() => undefined);
-      await conn.close().catch(() => undefined);
+      // The ring may be dead (domain destroyed, xenstored restarted): never wait long for UNWATCH.
+      if (!dead && conn.connected) await bounded(w.close(), CLOSE_STEP_MS);
+      await bounded(conn.close(), CLOSE_STEP_MS);
       await xc.interfaceClose(xch);
     },
   };

@@ -92,8 +92,9 @@ export async function createSimHost(harness: XenstoredHarness, desc: HostDescrip
       return g;
     },
     async close() {
-      for (const g of [...booted]) await g.close().catch(() => undefined);
+      const all = [...booted];
       booted.clear();
+      await Promise.all(all.map((g) => g.close().catch(() => undefined)));
     },
   };
 }

@@ -71,7 +71,7 @@ static int call_open(const char *sym, const char *path, int flags, mode_t mode)
 
 #define MODE_ARG(flags, mode)                                                                  \
     do {                                                                                       \
-        if ((flags) & (O_CREAT | O_TMPFILE)) {                                                 \
+        if (((flags) & O_CREAT) || ((flags) & O_TMPFILE) == O_TMPFILE) {                        \
             va_list ap;                                                                        \
             va_start(ap, flags);                                                               \
             mode = (mode_t)va_arg(ap, int);                                                    \
@@ -156,7 +156,8 @@ static struct {
 } bindings[MAX_BINDINGS];
 static int nbindings;
 static int notify_sock = -1;
-static uint32_t last_port = SIM_VIRQ_DOM_EXC_PORT + 1;
+/* Reported for a wake-up without data: not VIRQ_DOM_EXC, bound to no domain. */
+static const uint32_t spurious_port = SIM_VIRQ_DOM_EXC_PORT + 1;
 
 static int open_fifo(void)
 {
@@ -290,7 +291,7 @@ xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *xce)
     ssize_t r = read(xce->fd, &port, sizeof(port));
     /* xenstored exits on -1: a spurious wake-up reports a harmless non-VIRQ port instead. */
     if (r != (ssize_t)sizeof(port))
-        return (xenevtchn_port_or_error_t)last_port;
+        return (xenevtchn_port_or_error_t)spurious_port;
     return (xenevtchn_port_or_error_t)port;
 }
 

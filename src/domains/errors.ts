@@ -1,0 +1,50 @@
+// Typed errors of domain control. Each carries what went wrong as a code, the step that failed
+// and, for a failed hypercall, the errno name, so that the engine can branch and log precisely.
+
+export type DomainErrorCode =
+  /** domid is not an integer in 1..0x7fef. */
+  | 'invalid-domid'
+  /** The control domain cannot be suspended or resumed by us. */
+  | 'dom0'
+  /** No such domain (before anything was done). */
+  | 'not-found'
+  /** The domain is already shut down (any reason) when a suspend was asked. */
+  | 'already-shutdown'
+  /** The domain is dying. */
+  | 'dying'
+  /** The guest said control/feature-suspend = "0": it will not answer a suspend request. */
+  | 'guest-refuses'
+  /** Another suspend of this domain is in progress in this process. */
+  | 'busy'
+  /** The guest did not acknowledge control/shutdown in time; the request was cancelled. */
+  | 'ack-timeout'
+  /** The guest acknowledged but did not shut down with reason suspend in time. */
+  | 'suspend-timeout'
+  /** The domain disappeared (destroyed or dying) while we waited for it. */
+  | 'gone'
+  /** The domain shut down with a reason other than suspend while we waited. */
+  | 'unexpected-shutdown'
+  /** resume() on a domain shut down for another reason than suspend. */
+  | 'not-suspended'
+  /** A libxenctrl/libxenguest call failed; errno says why. */
+  | 'hypercall'
+  /** A XenStore operation failed. */
+  | 'xenstore'
+  /** DomainControl was closed. */
+  | 'closed';
+
+export class DomainError extends Error {
+  override readonly name = 'DomainError';
+  constructor(
+    readonly code: DomainErrorCode,
+    readonly domid: number,
+    /** The step that failed, e.g. "xc_domain_shutdown", "ack", "wait-suspended", "xs-resume". */
+    readonly step: string,
+    message: string,
+    /** errno name (e.g. "ESRCH") when a native call failed. */
+    readonly errno?: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`domain ${domid}: ${step}: ${message}${errno !== undefined ? ` (${errno})` : ''}`, options);
+  }
+}
