@@ -1,0 +1,331 @@
+// The agent's configuration file (/etc/xen/devmigrate.json): types, safe defaults and a
+// hand-written validator whose errors name the key path and the reason (no schema package).
+
+/** What an external tool is and how it is called. */
+export interface ToolConfig {
+  /** Absolute path of the executable; run with execFile-style argv, never through a shell. */
+  path: string;
+  /** Contract of the argv: Xen's external-device-migrate (-step N -host H -domname D -type T ...). */
+  contract: 'external-device-migrate';
+  /** Per-call timeout (SIGTERM, then SIGKILL after killGraceMs). */
+  timeoutMs: number;
+  /** Pass the backend's `type` node (vbd: phy/file/...) as -subtype when it is a safe word. */
+  passSubtype: boolean;
+}
+
+export interface DeviceTypeConfig {
+  /** When set, this tool drives every phase of the type (it replaces the built-in policy). */
+  tool?: ToolConfig;
+  /** Per-device timeout of each phase, overriding timeouts.device. */
+  timeoutMs?: number;
+}
+
+export interface RsyncCopyConfig {
+  method: 'rsync';
+  /** rsync executable. */
+  rsync: string;
+  /** Remote shell as an argv array (joined for rsync -e; each element is a plain word). */
+  rsh: string[];
+  /** Destination path at the target = remoteRoot + source path ("/" = the same path). */
+  remoteRoot: string;
+  /** Extra rsync options (each validated as a plain option word). */
+  extraArgs: string[];
+}
+
+export interface DisksConfig {
+  /** Paths under these prefixes are on shared storage (e.g. "/srv/nfs/", "/dev/mapper/shared-"). */
+  sharedPathPrefixes: string[];
+  /** Filesystem type names (as `stat -f -c %T` prints them) that count as shared storage. */
+  sharedFsTypes: string[];
+  /** How to copy local file-backed images; absent -> such disks are refused. */
+  copy?: RsyncCopyConfig;
+}
+
+export interface TimeoutsConfig {
+  /** Whole phase (all devices of it), per phase. */
+  testMs: number;
+  preSuspendMs: number;
+  postSuspendMs: number;
+  syncMs: number;
+  recoverMs: number;
+  /** Default per-device timeout of one operation (clamped by the phase timeout). */
+  deviceMs: number;
+  /** Guest's ack of control/shutdown and the domain reaching shutdown(suspend) (libxl: 60 s each). */
+  suspendAckMs: number;
+  suspendMs: number;
+  /** suspend=toolstack: how long to wait to see the toolstack suspend the domain. */
+  toolstackSuspendMs: number;
+  /** steps mode: longest wait for the requester's next control before the job is recovered. */
+  stepIdleMs: number;
+  /** SIGTERM -> SIGKILL grace for external processes. */
+  killGraceMs: number;
+}
+
+export interface LimitsConfig {
+  /** Jobs running phases at once (XAPI evacuates 10 VMs at a time). */
+  maxJobs: number;
+  /** Device operations in flight over all jobs. */
+  maxDeviceOps: number;
+  /** Of maxDeviceOps, slots only downtime-critical operations (post-suspend, sync, recover) may use. */
+  reservedCriticalOps: number;
+}
+
+export interface DevMigrateConfig {
+  /** XenStore socket; undefined -> libxenstore's discovery (XENSTORED_PATH, /run/xenstored/socket). */
+  xenstoredPath?: string;
+  logLevel: 'error' | 'warn' | 'info' | 'debug';
+  /** Devices of unknown backend types: refuse the migration (fail closed) or ignore them. */
+  unknownDevices: 'refuse' | 'ignore';
+  /** Backend domains to search for the guest's devices; empty -> scan every domain's backend/. */
+  backendDomains: number[];
+  timeouts: TimeoutsConfig;
+  limits: LimitsConfig;
+  disks: DisksConfig;
+  /** Per backend type settings (vbd, vtpm, vusb, pci, ...). */
+  devices: Record<string, DeviceTypeConfig>;
+}
+
+export const DEFAULT_CONFIG_PATH = '/etc/xen/devmigrate.json';
+
+export const DEFAULT_TOOL_TIMEOUT_MS = 40_000;
+
+export function defaultConfig(): DevMigrateConfig {
+  return {
+    logLevel: 'info',
+    unknownDevices: 'refuse',
+    backendDomains: [],
+    timeouts: {
+      testMs: 60_000,
+      preSuspendMs: 3_600_000,
+      postSuspendMs: 300_000,
+      syncMs: 300_000,
+      recoverMs: 120_000,
+      deviceMs: 3_600_000,
+      suspendAckMs: 60_000,
+      suspendMs: 60_000,
+      toolstackSuspendMs: 600_000,
+      stepIdleMs: 600_000,
+      killGraceMs: 2_000,
+    },
+    limits: { maxJobs: 10, maxDeviceOps: 128, reservedCriticalOps: 32 },
+    disks: {
+      sharedPathPrefixes: [],
+      sharedFsTypes: ['nfs', 'nfs4', 'cifs', 'smb2', 'ceph', 'gfs2', 'ocfs2', 'glusterfs', 'lustre'],
+    },
+    devices: {},
+  };
+}
+
+/** A configuration value was refused: `path` is the key path (e.g. "timeouts.testMs"). */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  constructor(
+    readonly keyPath: string,
+    readonly reason: string,
+  ) {
+    super(`${keyPath === '' ? '(root)' : keyPath}: ${reason}`);
+  }
+}
+
+/** Plain words passed to processes: no spaces, quotes or shell metacharacters. */
+export const SAFE_WORD = /^[A-Za-z0-9_@%+=:,./-]{1,255}$/;
+/** Absolute path made of safe characters, no "..", no "//". */
+const SAFE_ABS_PATH = /^\/[A-Za-z0-9_.+@%=,:/-]{0,1023}$/;
+
+type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+type JsonObject = { [k: string]: Json };
+
+function isObject(v: unknown): v is JsonObject {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function join(base: string, key: string): string {
+  return base === '' ? key : `${base}.${key}`;
+}
+
+function typeName(v: unknown): string {
+  return v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v;
+}
+
+function checkKeys(obj: JsonObject, at: string, allowed: readonly string[]): void {
+  for (const k of Object.keys(obj)) {
+    if (!allowed.includes(k)) {
+      throw new ConfigError(join(at, k), `unknown key (allowed: ${allowed.join(', ')})`);
+    }
+  }
+}
+
+function obj(v: unknown, at: string): JsonObject {
+  if (!isObject(v)) throw new ConfigError(at, `must be an object, got ${typeName(v)}`);
+  return v;
+}
+
+function int(v: unknown, at: string, min: number, max: number): number {
+  if (typeof v !== 'number' || !Number.isInteger(v)) {
+    throw new ConfigError(at, `must be an integer, got ${typeName(v)}`);
+  }
+  if (v < min || v > max) throw new ConfigError(at, `must be between ${min} and ${max}, got ${v}`);
+  return v;
+}
+
+function bool(v: unknown, at: string): boolean {
+  if (typeof v !== 'boolean') throw new ConfigError(at, `must be true or false, got ${typeName(v)}`);
+  return v;
+}
+
+function oneOf<T extends string>(v: unknown, at: string, allowed: readonly T[]): T {
+  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) {
+    throw new ConfigError(at, `must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`);
+  }
+  return v as T;
+}
+
+function absPath(v: unknown, at: string): string {
+  if (typeof v !== 'string') throw new ConfigError(at, `must be a string, got ${typeName(v)}`);
+  if (!SAFE_ABS_PATH.test(v) || v.includes('//') || v.split('/').includes('..')) {
+    throw new ConfigError(at, 'must be an absolute path of [A-Za-z0-9_.+@%=,:/-] without ".." or "//"');
+  }
+  return v;
+}
+
+function word(v: unknown, at: string): string {
+  if (typeof v !== 'string' || !SAFE_WORD.test(v)) {
+    throw new ConfigError(
+      at,
+      'must be a plain word of [A-Za-z0-9_@%+=:,./-] (no spaces or shell characters)',
+    );
+  }
+  return v;
+}
+
+function arrayOf<T>(v: unknown, at: string, item: (x: unknown, at: string) => T, maxLen = 64): T[] {
+  if (!Array.isArray(v)) throw new ConfigError(at, `must be an array, got ${typeName(v)}`);
+  if (v.length > maxLen) throw new ConfigError(at, `at most ${maxLen} entries`);
+  return v.map((x, i) => item(x, `${at}[${i}]`));
+}
+
+const DOMID_MAX = 32751; // DOMID_FIRST_RESERVED - 1
+const HOUR_MS = 3_600_000;
+const DAY_MS = 24 * HOUR_MS;
+
+function validateTool(v: unknown, at: string, defaults: DevMigrateConfig): ToolConfig {
+  const o = obj(v, at);
+  checkKeys(o, at, ['path', 'contract', 'timeoutMs', 'passSubtype']);
+  if (o.path === undefined) throw new ConfigError(join(at, 'path'), 'is required');
+  return {
+    path: absPath(o.path, join(at, 'path')),
+    contract:
+      o.contract === undefined
+        ? 'external-device-migrate'
+        : oneOf(o.contract, join(at, 'contract'), ['external-device-migrate'] as const),
+    timeoutMs:
+      o.timeoutMs === undefined
+        ? Math.min(DEFAULT_TOOL_TIMEOUT_MS, defaults.timeouts.deviceMs)
+        : int(o.timeoutMs, join(at, 'timeoutMs'), 100, DAY_MS),
+    passSubtype: o.passSubtype === undefined ? true : bool(o.passSubtype, join(at, 'passSubtype')),
+  };
+}
+
+const DEVICE_TYPE = /^[a-z][a-z0-9_-]{0,31}$/;
+
+/** Validates parsed JSON; unknown keys are errors (a typo must not silently fall back to a default). */
+export function validateConfig(raw: unknown): DevMigrateConfig {
+  const cfg = defaultConfig();
+  const root = obj(raw, '');
+  checkKeys(root, '', [
+    '$comment',
+    'xenstoredPath',
+    'logLevel',
+    'unknownDevices',
+    'backendDomains',
+    'timeouts',
+    'limits',
+    'disks',
+    'devices',
+  ]);
+  if (root.xenstoredPath !== undefined) cfg.xenstoredPath = absPath(root.xenstoredPath, 'xenstoredPath');
+  if (root.logLevel !== undefined) {
+    cfg.logLevel = oneOf(root.logLevel, 'logLevel', ['error', 'warn', 'info', 'debug'] as const);
+  }
+  if (root.unknownDevices !== undefined) {
+    cfg.unknownDevices = oneOf(root.unknownDevices, 'unknownDevices', ['refuse', 'ignore'] as const);
+  }
+  if (root.backendDomains !== undefined) {
+    cfg.backendDomains = arrayOf(root.backendDomains, 'backendDomains', (x, at) => int(x, at, 0, DOMID_MAX));
+  }
+  if (root.timeouts !== undefined) {
+    const t = obj(root.timeouts, 'timeouts');
+    const keys = Object.keys(cfg.timeouts) as (keyof TimeoutsConfig)[];
+    checkKeys(t, 'timeouts', keys);
+    for (const k of keys) {
+      if (t[k] !== undefined) cfg.timeouts[k] = int(t[k], `timeouts.${k}`, 10, DAY_MS);
+    }
+  }
+  if (root.limits !== undefined) {
+    const l = obj(root.limits, 'limits');
+    checkKeys(l, 'limits', ['maxJobs', 'maxDeviceOps', 'reservedCriticalOps']);
+    if (l.maxJobs !== undefined) cfg.limits.maxJobs = int(l.maxJobs, 'limits.maxJobs', 1, 1000);
+    if (l.maxDeviceOps !== undefined) {
+      cfg.limits.maxDeviceOps = int(l.maxDeviceOps, 'limits.maxDeviceOps', 1, 10_000);
+    }
+    if (l.reservedCriticalOps !== undefined) {
+      cfg.limits.reservedCriticalOps = int(l.reservedCriticalOps, 'limits.reservedCriticalOps', 0, 10_000);
+    }
+    if (cfg.limits.reservedCriticalOps >= cfg.limits.maxDeviceOps) {
+      throw new ConfigError('limits.reservedCriticalOps', 'must be smaller than limits.maxDeviceOps');
+    }
+  }
+  if (root.disks !== undefined) {
+    const d = obj(root.disks, 'disks');
+    checkKeys(d, 'disks', ['sharedPathPrefixes', 'sharedFsTypes', 'copy']);
+    if (d.sharedPathPrefixes !== undefined) {
+      cfg.disks.sharedPathPrefixes = arrayOf(d.sharedPathPrefixes, 'disks.sharedPathPrefixes', absPath);
+    }
+    if (d.sharedFsTypes !== undefined) {
+      cfg.disks.sharedFsTypes = arrayOf(d.sharedFsTypes, 'disks.sharedFsTypes', (x, at) => {
+        if (typeof x !== 'string' || !/^[a-z0-9._/-]{1,32}$/.test(x)) {
+          throw new ConfigError(at, 'must be a filesystem type name such as "nfs" or "fuse.glusterfs"');
+        }
+        return x;
+      });
+    }
+    if (d.copy !== undefined) {
+      const c = obj(d.copy, 'disks.copy');
+      checkKeys(c, 'disks.copy', ['method', 'rsync', 'rsh', 'remoteRoot', 'extraArgs']);
+      const method = oneOf(c.method, 'disks.copy.method', ['rsync'] as const);
+      const rsh =
+        c.rsh === undefined ? ['ssh', '-o', 'BatchMode=yes'] : arrayOf(c.rsh, 'disks.copy.rsh', word, 16);
+      if (rsh.length === 0) throw new ConfigError('disks.copy.rsh', 'must name a command');
+      const extraArgs =
+        c.extraArgs === undefined
+          ? []
+          : arrayOf(c.extraArgs, 'disks.copy.extraArgs', (x, at) => {
+              const w = word(x, at);
+              if (!w.startsWith('--'))
+                throw new ConfigError(at, 'must be a long option such as "--bwlimit=100M"');
+              return w;
+            });
+      cfg.disks.copy = {
+        method,
+        rsync: c.rsync === undefined ? '/usr/bin/rsync' : absPath(c.rsync, 'disks.copy.rsync'),
+        rsh,
+        remoteRoot: c.remoteRoot === undefined ? '/' : absPath(c.remoteRoot, 'disks.copy.remoteRoot'),
+        extraArgs,
+      };
+    }
+  }
+  if (root.devices !== undefined) {
+    const devs = obj(root.devices, 'devices');
+    for (const [type, v] of Object.entries(devs)) {
+      const at = `devices.${type}`;
+      if (!DEVICE_TYPE.test(type)) throw new ConfigError(at, 'device type must match [a-z][a-z0-9_-]{0,31}');
+      const o = obj(v, at);
+      checkKeys(o, at, ['tool', 'timeoutMs']);
+      const dc: DeviceTypeConfig = {};
+      if (o.tool !== undefined) dc.tool = validateTool(o.tool, join(at, 'tool'), cfg);
+      if (o.timeoutMs !== undefined) dc.timeoutMs = int(o.timeoutMs, join(at, 'timeoutMs'), 10, DAY_MS);
+      cfg.devices[type] = dc;
+    }
+  }
+  return cfg;
+}

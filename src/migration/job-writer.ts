@@ -1,0 +1,122 @@
+// The engine's only way to write a job's nodes: state changes are persisted at once (with any
+// queued device updates in the same transaction); device updates and progress are coalesced, so
+// devices finishing together cost about one write each. Failures are logged, never fatal: the
+// devices and the domain still get recovered when XenStore is unreachable.
+import type { XenStore, XsOps } from '../xenstore/types.js';
+import type { Logger } from '../devices/types.js';
+import { jobNode } from './paths.js';
+
+export interface DeviceUpdate {
+  state?: string;
+  reason?: string;
+  progress?: string;
+  policy?: string;
+}
+
+export class JobWriter {
+  private readonly pendingDevices = new Map<string, DeviceUpdate>();
+  private pendingProgress: string | undefined;
+  private chain: Promise<void> = Promise.resolve();
+  private flushScheduled = false;
+  /** Wire operations this writer sent (the engine's budget figure). */
+  ops = 0;
+
+  constructor(
+    private readonly xs: XenStore,
+    private readonly domid: number | string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Queues a device update; written with the next flush (coalesced). */
+  device(type: string, devid: string, update: DeviceUpdate): void {
+    const key = `${type}/${devid}`;
+    this.pendingDevices.set(key, { ...this.pendingDevices.get(key), ...update });
+    this.scheduleFlush();
+  }
+
+  progress(value: string): void {
+    this.pendingProgress = value;
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    // After the current microtasks: updates of devices settling together share one batch.
+    setImmediate(() => {
+      this.flushScheduled = false;
+      void this.enqueue({});
+    });
+  }
+
+  /**
+   * Persists `nodes` (relative to the job dir; undefined value = remove) together with every queued
+   * device update, in one transaction when there is more than one write. Resolves when written.
+   */
+  persist(nodes: Record<string, string | undefined>): Promise<void> {
+    return this.enqueue(nodes);
+  }
+
+  /** Resolves when everything queued so far is written. */
+  flush(): Promise<void> {
+    return this.enqueue({});
+  }
+
+  private enqueue(nodes: Record<string, string | undefined>): Promise<void> {
+    const next = this.chain.then(() => this.writeBatch(nodes));
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Device and progress nodes: many, and need no atomicity with each other. */
+  private collectDevices(): [string, string][] {
+    const writes: [string, string][] = [];
+    for (const [key, u] of this.pendingDevices) {
+      const [type = '', devid = ''] = key.split('/');
+      const base = jobNode.device(this.domid, type, devid);
+      if (u.state !== undefined) writes.push([`${base}/state`, u.state]);
+      if (u.reason !== undefined) writes.push([`${base}/reason`, u.reason]);
+      if (u.progress !== undefined) writes.push([`${base}/progress`, u.progress]);
+      if (u.policy !== undefined) writes.push([`${base}/policy`, u.policy]);
+    }
+    this.pendingDevices.clear();
+    if (this.pendingProgress !== undefined) {
+      writes.push([jobNode.progress(this.domid), this.pendingProgress]);
+      this.pendingProgress = undefined;
+    }
+    return writes;
+  }
+
+  private async writeBatch(nodes: Record<string, string | undefined>): Promise<void> {
+    const deviceWrites = this.collectDevices();
+    const base = `/tool/devmigrate/jobs/${this.domid}`;
+    const jobWrites = Object.entries(nodes).map(([k, v]): [string, string | undefined] => [`${base}/${k}`, v]);
+    if (deviceWrites.length === 0 && jobWrites.length === 0) return;
+    const one = (ops: XsOps, [path, value]: [string, string | undefined]): Promise<void> => {
+      this.ops += 1;
+      if (value !== undefined) return ops.write(path, value);
+      return ops.rm(path).catch((err: unknown) => {
+        if ((err as { errno?: string }).errno !== 'ENOENT') throw err;
+      });
+    };
+    // Device nodes go as plain pipelined writes (a transaction costs xenstored far more per node);
+    // they are sent first on the one connection, so xenstored applies them before the job
+    // nodes: a requester that sees state=done also sees every device synced. Job nodes that
+    // must change together (state + error + recovered) go in one transaction.
+    const pending: Promise<unknown>[] = deviceWrites.map((w) => one(this.xs, w));
+    if (jobWrites.length === 1) {
+      const w = jobWrites[0];
+      if (w !== undefined) pending.push(one(this.xs, w));
+    } else if (jobWrites.length > 1) {
+      this.ops += 2; // TRANSACTION_START + TRANSACTION_END
+      pending.push(this.xs.transaction((tx) => Promise.all(jobWrites.map((w) => one(tx, w)))));
+    }
+    const results = await Promise.allSettled(pending);
+    const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed.length > 0) {
+      this.log.error(
+        `job ${this.domid}: ${failed.length} of ${deviceWrites.length + jobWrites.length} write(s) failed: ${(failed[0]?.reason as Error).message}`,
+      );
+    }
+  }
+}

@@ -1,0 +1,383 @@
+// The migration engine on the REAL xenstored with the simulated host, hypervisor and guests:
+// each mode's happy path, vetoes, failures in each phase, timeouts, a guest that will not
+// suspend, aborts in each state, concurrency, malformed and untrusted requests, a domain
+// destroyed mid-job, crash recovery, and a real disk image copied by rsync in two passes.
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { defaultConfig, type DevMigrateConfig } from '../../src/config/schema.js';
+import type { Logger } from '../../src/devices/types.js';
+import { createDomainControl, type XenDomainControl } from '../../src/domains/domain-control.js';
+import { MigrationEngine } from '../../src/migration/engine.js';
+import { connectXenStore, isXsErrno } from '../../src/xenstore/index.js';
+import type { Perm, XenStore } from '../../src/xenstore/types.js';
+import { buildMocks, startXenstored, type XenstoredHarness } from '../../xen-mocks/harness.js';
+import type { SimGuest } from '../../xen-mocks/sim-guest.js';
+import { createSimHost, type GuestDescription, type SimHost } from '../../xen-mocks/sim-host.js';
+
+const run = promisify(execFile);
+let h: XenstoredHarness;
+let agentXs: XenStore;
+let req: XenStore;
+let host: SimHost;
+let domains: XenDomainControl;
+let engine: MigrationEngine;
+let dir: string;
+const kernels: SimGuest[] = [];
+const logs: string[] = [];
+const log: Logger = {
+  error: (m) => logs.push(`E ${m}`),
+  warn: (m) => logs.push(`W ${m}`),
+  info: (m) => logs.push(`I ${m}`),
+  debug: () => undefined,
+};
+
+const uuid = (n: number): string => `00000000-0000-4000-8000-${n.toString(16).padStart(12, '0')}`;
+const VTPM = { type: 'vtpm' as const, uuid: uuid(9000) };
+const J = (d: number | string, n: string): string => `/tool/devmigrate/jobs/${d}/${n}`;
+const AUTO = { id: 'job-1', target: 'host-b', mode: 'auto', suspend: 'agent', live: '1' };
+const STEPS = { ...AUTO, mode: 'steps' };
+
+function guest(domid: number, devices: GuestDescription['devices']): GuestDescription {
+  return { domid, name: `g${domid}`, uuid: uuid(domid), devices };
+}
+
+/** The requester: one transaction for the whole request, as protocol.md says. */
+async function submit(domid: number | string, fields: Record<string, string>, perms?: Perm[]): Promise<void> {
+  await req.transaction(async (tx) => {
+    for (const [k, v] of Object.entries(fields)) await tx.write(J(domid, `request/${k}`), v);
+    if (perms !== undefined) {
+      await tx.setPerms(`/tool/devmigrate/jobs/${domid}`, perms);
+      await tx.setPerms(J(domid, 'request'), perms);
+      for (const k of Object.keys(fields)) await tx.setPerms(J(domid, `request/${k}`), perms);
+    }
+  });
+}
+const control = (domid: number, value: string): Promise<void> => req.write(J(domid, 'control'), value);
+
+async function waitState(domid: number | string, want: string | RegExp, ms = 15_000, node = 'state'): Promise<string> {
+  const end = Date.now() + ms;
+  let v: string | undefined;
+  for (;;) {
+    v = await req.tryRead(J(domid, node));
+    if (v !== undefined && (typeof want === 'string' ? v === want : want.test(v))) return v;
+    if (Date.now() > end) throw new Error(`${J(domid, node)} = ${v ?? '(absent)'} after ${ms} ms, wanted ${String(want)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+const read = async (p: string): Promise<string | undefined> => req.tryRead(p);
+async function running(domid: number): Promise<boolean> {
+  const d = await h.getDomain(domid);
+  return d !== undefined && !d.shutdown && d.paused === 0 && !d.dying;
+}
+const toolCalls = async (domid: number): Promise<string[]> =>
+  (await readFile(join(dir, `calls-g${domid}.log`), 'utf8').catch(() => '')).split('\n').filter((l) => l !== '');
+const touch = (name: string): Promise<void> => writeFile(join(dir, name), '');
+
+const GUESTS: GuestDescription[] = [
+  guest(11, [{ type: 'vif', mac: '00:16:3e:00:00:11' }, { type: 'console' }, VTPM]),
+  guest(12, [{ type: 'vif', mac: '00:16:3e:00:00:12' }, VTPM]),
+  guest(13, [VTPM]),
+  guest(14, [
+    { type: 'pci', bdf: '0000:03:00.0' },
+    { type: 'vusb', version: 2, ports: 4 },
+    { type: 'vbd', vdev: 'xvda', params: '/dev/loop0', format: 'phy', mode: 'w' },
+    VTPM,
+  ]),
+  ...[15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 31].map((d) =>
+    guest(d, [{ type: 'vif', mac: `00:16:3e:00:00:${d}` }, VTPM]),
+  ),
+];
+
+beforeAll(async () => {
+  await buildMocks();
+  dir = await mkdtemp(join(tmpdir(), 'devmigrate-engine-it-'));
+  h = await startXenstored();
+  process.env.XEN_SIM_STATE = h.stateDir;
+  process.env.DEVMIGRATE_LIBXENCTRL = h.env.DEVMIGRATE_LIBXENCTRL;
+  process.env.DEVMIGRATE_LIBXENGUEST = h.env.DEVMIGRATE_LIBXENGUEST;
+  // The external tool of the vtpm devices: logs its argv, fails or hangs on request per domain+step.
+  const tool = join(dir, 'vtpm-migrate.sh');
+  await writeFile(
+    tool,
+    `#!/bin/sh
+D=${dir}
+step=; name=; rec=
+while [ $# -gt 0 ]; do case "$1" in -step) step=$2; shift 2;; -domname) name=$2; shift 2;; -recover) rec=-recover; shift;; *) shift;; esac; done
+echo "step=$step$rec domid=$DEVMIGRATE_DOMID devid=$DEVMIGRATE_DEVID" >> $D/calls-$name.log
+if [ -z "$rec" ] && [ -e $D/hang-$name-$step ]; then sleep 60; fi
+if [ -z "$rec" ] && [ -e $D/fail-$name-$step ]; then echo "Error: step $step refused by the target" >&2; exit 1; fi
+exit 0
+`,
+  );
+  await chmod(tool, 0o755);
+  // Remote shell for rsync: "ssh localhost rsync --server ..." runs the server here.
+  const fakeSsh = join(dir, 'fake-ssh.sh');
+  await writeFile(fakeSsh, '#!/bin/sh\nshift\nexec "$@"\n');
+  await chmod(fakeSsh, 0o755);
+  await mkdir(join(dir, 'target'));
+  const image = join(dir, 'disk.img');
+  await writeFile(image, randomBytes(4 * 1024 * 1024));
+
+  const all = [...GUESTS, guest(30, [{ type: 'vbd', vdev: 'xvda', params: image, format: 'file', mode: 'w', backend: 'qdisk' }])];
+  host = await createSimHost(h, { guests: all });
+  for (const g of all) {
+    kernels.push(await host.guest(g.domid).boot({ mode: g.domid === 19 ? 'never-ack' : 'normal' }));
+  }
+  agentXs = await connectXenStore({ path: h.socketPath, timeoutMs: 10_000 });
+  req = await connectXenStore({ path: h.socketPath, timeoutMs: 10_000 });
+  domains = createDomainControl({ xenstore: agentXs, ackTimeoutMs: 1000, suspendTimeoutMs: 2000 });
+
+  const cfg: DevMigrateConfig = defaultConfig();
+  Object.assign(cfg.timeouts, {
+    testMs: 8000,
+    preSuspendMs: 8000,
+    postSuspendMs: 8000,
+    syncMs: 8000,
+    recoverMs: 8000,
+    deviceMs: 8000,
+    suspendAckMs: 1000,
+    suspendMs: 2000,
+    toolstackSuspendMs: 8000,
+    stepIdleMs: 20_000,
+    killGraceMs: 300,
+  });
+  cfg.devices.vtpm = { tool: { path: tool, contract: 'external-device-migrate', timeoutMs: 1500, passSubtype: false } };
+  cfg.disks.copy = { method: 'rsync', rsync: '/usr/bin/rsync', rsh: [fakeSsh], remoteRoot: join(dir, 'target'), extraArgs: [] };
+  engine = new MigrationEngine({ xs: agentXs, domains, config: cfg, log });
+  await engine.start();
+});
+
+afterAll(async () => {
+  await engine?.stop();
+  for (const k of kernels) await k.close().catch(() => undefined);
+  await host?.close();
+  await domains?.close();
+  await agentXs?.close();
+  await req?.close();
+  await h?.stop();
+  if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+});
+
+describe('migration engine on the real xenstored', () => {
+  it('auto + suspend=agent: every phase, tool called with the xend argv, domain left suspended', async () => {
+    await submit(11, AUTO);
+    await waitState(11, 'done');
+    expect(await read('/tool/devmigrate/protocol-version')).toBe('1');
+    expect((await h.getDomain(11))?.shutdownReason).toBe(2);
+    expect(await read(J(11, 'devices/vtpm/0/state'))).toBe('synced');
+    expect(await read(J(11, 'devices/vif/0/state'))).toBe('synced');
+    expect(await read(J(11, 'devices/vif/0/policy'))).toBe('nothing-to-do');
+    expect(await read(J(11, 'suspended-by'))).toBe('agent');
+    expect(await toolCalls(11)).toEqual(['step=0 domid=11 devid=0', 'step=1 domid=11 devid=0', 'step=2 domid=11 devid=0', 'step=3 domid=11 devid=0']);
+  });
+
+  it('auto + suspend=toolstack: post-suspend starts only once the toolstack suspended the domain', async () => {
+    await submit(12, { ...AUTO, suspend: 'toolstack' });
+    await waitState(12, 'suspending');
+    expect(await toolCalls(12)).toHaveLength(2);
+    await h.setDomain(12, { shutdown: true, shutdownReason: 2 });
+    await waitState(12, 'done');
+    expect(await toolCalls(12)).toHaveLength(4);
+    expect((await h.getDomain(12))?.resumeCount).toBe(0);
+  });
+
+  it('steps mode driven with xenstore-write / xenstore-read, as in docs/protocol.md', async () => {
+    const env = { ...process.env, XENSTORED_PATH: h.socketPath };
+    const base = J(13, '');
+    await run('xenstore-write', [`${base}request/id`, 'steps-1', `${base}request/target`, 'host-b', `${base}request/mode`, 'steps', `${base}request/suspend`, 'agent'], { env });
+    await waitState(13, 'accepted');
+    for (const [c, st] of [['test', 'tested'], ['pre-suspend', 'pre-suspended'], ['post-suspend', 'post-suspended'], ['sync', 'done']]) {
+      await run('xenstore-write', [`${base}control`, c as string], { env });
+      await waitState(13, st as string);
+    }
+    const { stdout } = await run('xenstore-read', [`${base}state`], { env });
+    expect(stdout.trim()).toBe('done');
+    expect((await h.getDomain(13))?.shutdownReason).toBe(2);
+  });
+
+  it('a veto at test: refused with one reason per device, nothing changed', async () => {
+    await submit(14, AUTO);
+    await waitState(14, 'refused');
+    expect(await read(J(14, 'devices/pci/0/reason'))).toBe('pci passthrough device 0000:03:00.0 cannot be migrated (detach it first)');
+    expect(await read(J(14, 'devices/vusb/0/reason'))).toMatch(/vusb devices cannot migrate without an external tool/);
+    expect(await read(J(14, 'devices/vbd/51712/reason'))).toBe('local block device /dev/loop0 is not on shared storage');
+    expect(await read(J(14, 'devices/vtpm/0/state'))).toBe('tested');
+    expect(await read(J(14, 'error'))).toMatch(/^refused by 3 device\(s\)/);
+    expect(await running(14)).toBe(true);
+  });
+
+  it('a failure in pre-suspend, post-suspend or sync (three jobs at once): recovered, domain running', async () => {
+    await Promise.all([touch('fail-g15-1'), touch('fail-g16-2'), touch('fail-g17-3')]);
+    await Promise.all([submit(15, AUTO), submit(16, AUTO), submit(17, AUTO)]);
+    for (const [d, phase, step] of [[15, 'pre-suspend', 1], [16, 'post-suspend', 2], [17, 'sync', 3]] as const) {
+      await waitState(d, 'failed');
+      expect(await read(J(d, 'error'))).toContain(`${phase} failed by 1 device(s): vtpm/0:`);
+      expect(await read(J(d, 'error'))).toContain('Error: step');
+      expect(await read(J(d, 'recovered'))).toBe('1');
+      expect(await read(J(d, 'devices/vtpm/0/state'))).toBe('recovered');
+      expect((await toolCalls(d)).at(-1)).toBe(`step=${step}-recover domid=${d} devid=0`);
+      expect(await running(d)).toBe(true);
+    }
+    expect((await h.getDomain(15))?.resumeCount).toBe(0);
+    expect((await h.getDomain(16))?.resumeCount).toBe(1);
+    expect((await h.getDomain(17))?.resumeCount).toBe(1);
+  });
+
+  it('a device tool that hangs is killed at its timeout and the job recovers', async () => {
+    await touch('hang-g18-1');
+    const t0 = Date.now();
+    await submit(18, AUTO);
+    await waitState(18, 'failed');
+    expect(Date.now() - t0).toBeLessThan(6000);
+    expect(await read(J(18, 'error'))).toMatch(/vtpm\/0: .*timed out after 1500 ms/);
+    expect(await running(18)).toBe(true);
+  });
+
+  it('a guest that will not suspend: devices recovered, domain running, reason given', async () => {
+    await submit(19, AUTO);
+    await waitState(19, 'failed');
+    expect(await read(J(19, 'error'))).toMatch(/^suspend failed: /);
+    expect((await toolCalls(19)).at(-1)).toBe('step=1-recover domid=19 devid=0');
+    expect(await running(19)).toBe(true);
+  });
+
+  it('abort at each state: accepted, tested, pre-suspend (running), pre-suspended, post-suspended, done', async () => {
+    const cases: [number, string[], string][] = [
+      [20, [], 'accepted'],
+      [21, ['test'], 'tested'],
+      [23, ['test', 'pre-suspend'], 'pre-suspended'],
+      [24, ['test', 'pre-suspend', 'post-suspend'], 'post-suspended'],
+      [25, ['test', 'pre-suspend', 'post-suspend', 'sync'], 'done'],
+    ];
+    await touch('hang-g22-1');
+    await submit(22, AUTO);
+    await waitState(22, 'pre-suspend');
+    await control(22, 'abort');
+    await Promise.all(cases.map(([d]) => submit(d, STEPS)));
+    await Promise.all(
+      cases.map(async ([d, steps, at]) => {
+        await waitState(d, 'accepted');
+        const want = ['tested', 'pre-suspended', 'post-suspended', 'done'];
+        for (const [i, s] of steps.entries()) {
+          await control(d, s);
+          await waitState(d, want[i] as string);
+        }
+        expect(await read(J(d, 'state'))).toBe(at);
+        await control(d, 'abort');
+      }),
+    );
+    for (const d of [20, 21, 22, 23, 24, 25]) {
+      await waitState(d, 'aborted');
+      expect(await read(J(d, 'recovered'))).toBe('1');
+      expect(await running(d)).toBe(true);
+    }
+    expect(await toolCalls(20)).toEqual([]);
+    expect((await toolCalls(22)).at(-1)).toBe('step=1-recover domid=22 devid=0');
+    expect((await toolCalls(25)).at(-1)).toBe('step=3-recover domid=25 devid=0');
+    expect((await h.getDomain(24))?.resumeCount).toBe(1);
+  });
+
+  it('a second job on a busy domain is refused; the first goes on', async () => {
+    await touch('hang-g26-1');
+    await submit(26, AUTO);
+    await waitState(26, 'pre-suspend');
+    await req.write(J(26, 'request/id'), 'job-2');
+    await waitState(26, /"job-2" refused: domain 26 is busy with job job-1 \(state pre-suspend\)/, 5000, 'refused-request');
+    expect(await read(J(26, 'accepted-id'))).toBe('job-1');
+    await control(26, 'abort');
+    await waitState(26, 'aborted');
+  });
+
+  it('each malformed request field fails its job with a clear error while another job goes on', async () => {
+    await submit(27, AUTO);
+    const bad: [string, Record<string, string>, RegExp][] = [
+      ['101', { ...AUTO, id: 'bad id' }, /^request\/id: "bad id" must be 1-64/],
+      ['102', { ...AUTO, target: 'host;reboot' }, /^request\/target: "host;reboot" is not a host name/],
+      ['103', { ...AUTO, target: '10.0.0.300' }, /^request\/target: .* is not a host name/],
+      ['104', { ...AUTO, mode: 'fast' }, /^request\/mode: "fast" must be auto or steps/],
+      ['105', { ...AUTO, suspend: 'guest' }, /^request\/suspend: "guest" must be agent or toolstack/],
+      ['106', { ...AUTO, live: '2' }, /^request\/live: "2" must be 1 or 0/],
+      ['107', { ...AUTO, deadline: '-5' }, /^request\/deadline: "-5" must be whole seconds/],
+      ['108', { ...AUTO, colour: 'red' }, /^request\/colour: unknown request field/],
+      ['109', { target: 'host-b', mode: 'auto' }, /^request\/id: missing/],
+      ['110', AUTO, /^domain 110 does not exist/],
+      ['0', AUTO, /^request\/domid: dom0 cannot be migrated/],
+      ['abc', AUTO, /^request\/domid: job key "abc" is not a decimal domain id/],
+    ];
+    await Promise.all(bad.map(([k, f]) => submit(k, f)));
+    for (const [k, , err] of bad) {
+      await waitState(k, 'failed');
+      expect(await read(J(k, 'error'))).toMatch(err);
+    }
+    await waitState(27, 'done');
+  });
+
+  it('a request not owned by dom0 alone is ignored and logged; a guest cannot write jobs at all', async () => {
+    await submit(28, AUTO, [{ domid: 0, access: 'n' }, { domid: 28, access: 'w' }]);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await read(J(28, 'state'))).toBeUndefined();
+    expect(logs.some((l) => l.startsWith('W job 28 ignored:') && l.includes('b0') === false && l.includes('w28'))).toBe(true);
+    const asGuest = await connectXenStore({ path: host.guest(28).socketPath, timeoutMs: 5000 });
+    try {
+      let err: unknown;
+      await asGuest.write(J(29, 'request/id'), 'x').catch((e: unknown) => (err = e));
+      expect(isXsErrno(err, 'EACCES')).toBe(true);
+    } finally {
+      await asGuest.close();
+    }
+  });
+
+  it('the domain destroyed mid-job: failed with the reason, devices recovered', async () => {
+    await touch('hang-g29-1');
+    await submit(29, AUTO);
+    await waitState(29, 'pre-suspend');
+    await h.destroyDomain(29);
+    await waitState(29, 'failed');
+    expect(await read(J(29, 'error'))).toMatch(/domain 29 was destroyed/);
+    expect((await toolCalls(29)).at(-1)).toBe('step=1-recover domid=29 devid=0');
+  });
+
+  it('a real file-backed image is copied by rsync in two passes and matches byte for byte', async () => {
+    const image = join(dir, 'disk.img');
+    await submit(30, { ...STEPS, target: 'localhost' });
+    await waitState(30, 'accepted');
+    await control(30, 'test');
+    await waitState(30, 'tested');
+    expect(await read(J(30, 'devices/qdisk/51712/policy'))).toBe('copy:rsync');
+    await control(30, 'pre-suspend');
+    await waitState(30, 'pre-suspended');
+    // The guest keeps writing while it runs: the final pass must carry the change.
+    const fh = await open(image, 'r+');
+    await fh.write(Buffer.from('written after the bulk pass'), 0, undefined, 1_000_000);
+    await fh.close();
+    await control(30, 'post-suspend');
+    await waitState(30, 'post-suspended');
+    await control(30, 'sync');
+    await waitState(30, 'done');
+    const copy = await readFile(join(dir, 'target', image));
+    const src = await readFile(image);
+    expect(copy.length).toBe(src.length);
+    expect(copy.equals(src), logs.filter((l) => l.includes('rsync')).join('\n')).toBe(true);
+    expect(await read(J(30, 'devices/qdisk/51712/progress'))).toBe('4194304/4194304');
+  });
+
+  it('recovery table: a job left in post-suspend by a crashed agent is recovered and the domain resumed', async () => {
+    await h.setDomain(31, { shutdown: true, shutdownReason: 2 });
+    await req.transaction(async (tx) => {
+      for (const [k, v] of Object.entries(AUTO)) await tx.write(J(31, `request/${k}`), v);
+      await tx.write(J(31, 'state'), 'post-suspend');
+      await tx.write(J(31, 'accepted-id'), AUTO.id);
+      await tx.write(J(31, 'suspended-by'), 'agent');
+    });
+    await waitState(31, 'failed');
+    expect(await read(J(31, 'error'))).toMatch(/agent restarted while the job was post-suspend/);
+    expect(await read(J(31, 'recovered'))).toBe('1');
+    expect((await toolCalls(31)).at(-1)).toBe('step=2-recover domid=31 devid=0');
+    expect(await running(31)).toBe(true);
+  });
+});
