@@ -1,0 +1,44 @@
+// Opens one raw XenStore connection the way libxenstore would: the xenstored socket when there
+// is one (the config's xenstoredPath, else XENSTORED_PATH / XENSTORED_RUNDIR / the default),
+// else libxenstore through the FFI client (xenstored in a stub domain: /dev/xen/xenbus).
+import type { DevMigrateConfig } from '../config/schema.js';
+import { kindOf as kindOfPath } from '../xenstore/discovery.js';
+import { connectXenStore, discoverXenStore } from '../xenstore/index.js';
+import { XenStoreDisconnectedError } from '../xenstore/errors.js';
+import type { XenStore } from '../xenstore/types.js';
+import type { Logger } from './logger.js';
+
+/** Per-call deadline: a wedged xenstored must surface as an error, never as a hang. */
+export const CALL_TIMEOUT_MS = 30_000;
+
+type FfiOpener = (opts: { path?: string }) => Promise<XenStore>;
+
+/** The FFI client is optional at run time (it needs libxenstore.so); loaded only when needed. */
+async function loadFfiOpener(): Promise<FfiOpener | undefined> {
+  const specifier = '../xenstore/ffi-client.js';
+  try {
+    const mod = (await import(specifier)) as { openFfiXenStore?: FfiOpener };
+    return mod.openFfiXenStore;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function connectAnyTransport(config: DevMigrateConfig, logger?: Logger): Promise<XenStore> {
+  if (config.xenstoredPath !== undefined) {
+    if ((await kindOfPath(config.xenstoredPath)) === 'socket') {
+      return connectXenStore({ path: config.xenstoredPath, timeoutMs: CALL_TIMEOUT_MS });
+    }
+  }
+  const env =
+    config.xenstoredPath !== undefined ? { ...process.env, XENSTORED_PATH: config.xenstoredPath } : process.env;
+  const found = await discoverXenStore(env);
+  if (found.kind === 'socket') return connectXenStore({ path: found.path, timeoutMs: CALL_TIMEOUT_MS });
+  if ((await kindOfPath(found.path)) === 'missing') {
+    throw new XenStoreDisconnectedError(`no xenstored: ${found.reason}, and ${found.path} does not exist`);
+  }
+  const open = await loadFfiOpener();
+  if (!open) throw new XenStoreDisconnectedError(`${found.reason}; the libxenstore client is not available`);
+  logger?.info('using libxenstore', { device: found.path });
+  return open({ path: found.path });
+}

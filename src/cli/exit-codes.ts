@@ -1,0 +1,44 @@
+// The CLI's and the agent's exit codes: one table, documented in docs/operations.md, so that
+// scripts can branch on them. Values below 64 are ours; 64+ follow sysexits.h where one fits.
+
+export const ExitCode = {
+  /** Success; for `check`: the migration would be accepted. */
+  OK: 0,
+  /** A failure not covered below (the message says what). */
+  FAILURE: 1,
+  /** `check`: at least one device refuses; the reasons are printed per device. */
+  REFUSED: 3,
+  /** `migrate`: aborted, the guest is running at the source. */
+  ABORTED: 4,
+  /** `migrate`: the outcome is uncertain; the message names what to check on which host. */
+  UNCERTAIN: 5,
+  /** The domain (by name or id) does not exist. */
+  NO_DOMAIN: 6,
+  /** A job is already running for that domain. */
+  BUSY: 7,
+  /** xenstored could not be reached, or no agent is running. */
+  UNAVAILABLE: 8,
+  /** The operation timed out. */
+  TIMEOUT: 9,
+  /** Bad command line or argument (unknown command, bad host name, bad step). */
+  USAGE: 64,
+  /** An unexpected internal error (a bug: please report it with the log). */
+  SOFTWARE: 70,
+  /** The configuration file is malformed; the key and reason are printed. systemd does not restart on it. */
+  CONFIG: 78,
+} as const;
+
+export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
+
+/** A CLI failure that carries its exit code; main() prints the message and exits with the code. */
+export class CliError extends Error {
+  override readonly name = 'CliError';
+  constructor(
+    message: string,
+    readonly code: ExitCodeValue,
+    /** Extra lines for the operator: what to check, on which host. */
+    readonly hints: readonly string[] = [],
+  ) {
+    super(message);
+  }
+}
