@@ -1,0 +1,30 @@
+#!/bin/sh
+# Check: `xl create` of a PVH guest (the dom0 kernel, the tick initramfs, 128 MB) with a
+# file-backed disk (loop, blkback, the block hotplug script) and a vif on bridge xenbr0
+# (netback, the vif-bridge script); the guest ticks and both backends reach Connected (4).
+. "$E2E_LIB"
+[ -f "$E2E_IMAGES/vmlinuz" ] || fail "no guest kernel at $E2E_IMAGES/vmlinuz"
+if ! ip link show xenbr0 >/dev/null 2>&1; then
+  ip link add xenbr0 type bridge && ip link set xenbr0 up || fail "cannot create bridge xenbr0"
+fi
+truncate -s 32M /tmp/e2e-disk.img || fail "cannot create the disk file"
+cat >/tmp/$GUEST.cfg <<CFG
+name = "$GUEST"
+type = "pvh"
+kernel = "$E2E_IMAGES/vmlinuz"
+ramdisk = "$E2E_IMAGES/guest.cpio.gz"
+extra = "console=hvc0 rdinit=/init quiet"
+memory = 128
+vcpus = 1
+disk = [ "format=raw,vdev=xvda,access=rw,target=/tmp/e2e-disk.img" ]
+vif = [ "bridge=xenbr0,mac=00:16:3e:00:00:01" ]
+on_crash = "preserve"
+CFG
+start=$(now)
+xl -v create /tmp/$GUEST.cfg || fail "xl create failed"
+created=$(since "$start")
+wait_until 120 tick_above 2 || fail "guest created in ${created}s but printed no ticks within 120 s: $(tail -n 3 "$GUEST_LOG" 2>/dev/null | tr '\n' '|')"
+ticking=$(since "$start")
+wait_until 60 backends_connected || fail "guest ticks, but backends not connected: $(backend_states)"
+xl list
+pass "domid $(guest_domid), created in ${created}s, ticking at ${ticking}s, backends $(backend_states)"

@@ -1,0 +1,71 @@
+#!/bin/sh
+# Helpers sourced by the dom0 check scripts: verdicts (pass/fail/skip with a one-line detail for
+# the E2E-RESULT line), bounded waits, and the guest facts shared between the guest-* checks.
+GUEST=e2e-guest
+GUEST_LOG=/var/log/xen/console/guest-$GUEST.log
+XL=/usr/lib/xen-4.17/bin/xl
+
+detail() { echo "$*" >>"$E2E_DETAIL"; }
+pass() {
+  detail "$*"
+  exit 0
+}
+fail() {
+  echo "FAIL: $*"
+  detail "$*"
+  exit 1
+}
+skip() {
+  echo "SKIP: $*"
+  detail "$*"
+  exit 77
+}
+now() { cut -d' ' -f1 /proc/uptime; }
+# elapsed since $1 (a now() value), in seconds with one decimal
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# wait_until <seconds> <command...>: polls every 0.5 s; returns 1 on timeout.
+wait_until() {
+  local limit=$1 since0
+  shift
+  since0=$(now)
+  while ! "$@" >/dev/null 2>&1; do
+    if awk -v a="$since0" -v b="$(now)" -v l="$limit" 'BEGIN { exit !(b - a > l) }'; then return 1; fi
+    sleep 0.5
+  done
+  return 0
+}
+
+# The highest "tick N" the guest printed so far (0 if none).
+last_tick() {
+  local n
+  [ -f "$GUEST_LOG" ] || {
+    echo 0
+    return
+  }
+  n=$(grep -o 'tick [0-9]*' "$GUEST_LOG" | awk '{ if ($2 > m) m = $2 } END { print m + 0 }')
+  echo "${n:-0}"
+}
+tick_above() { [ "$(last_tick)" -gt "$1" ]; }
+guest_domid() { $XL domid "$GUEST" 2>/dev/null; }
+guest_running() { [ -n "$(guest_domid)" ]; }
+
+# Backend state of the guest's devices: "<type>:<state>" for each device dom0 serves.
+backend_states() {
+  local d out t dev s
+  d=$(guest_domid)
+  [ -n "$d" ] || return 1
+  out=""
+  for t in vbd vif; do
+    for dev in $(xenstore-list "/local/domain/0/backend/$t/$d" 2>/dev/null); do
+      s=$(xenstore-read "/local/domain/0/backend/$t/$d/$dev/state" 2>/dev/null)
+      out="$out $t/$dev:$s"
+    done
+  done
+  echo "${out# }"
+}
+backends_connected() {
+  local s
+  s=$(backend_states) || return 1
+  [ -n "$s" ] && ! echo "$s" | grep -q ':[^4]'
+}
