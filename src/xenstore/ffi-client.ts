@@ -72,10 +72,15 @@ function takeStrings(lib: LibXenStore, p: NativePointer, n: number): string[] {
   }
 }
 
-/** Copies `len` bytes of a libxenstore result and frees it. */
+/**
+ * Copies `len` bytes of a libxenstore result and frees it. memcpy into a Buffer costs ~0.3 us;
+ * koffi.view() (an external ArrayBuffer per call) measured 7-9 us, a tenth of a read.
+ */
 function takeBytes(lib: LibXenStore, p: NativePointer, len: number): Buffer {
   try {
-    return len === 0 ? Buffer.alloc(0) : Buffer.from(new Uint8Array(koffi.view(p, len)));
+    const out = Buffer.allocUnsafe(len);
+    if (len > 0) lib.memcpy(out, p, len);
+    return out;
   } finally {
     lib.free(p);
   }
