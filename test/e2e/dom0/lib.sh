@@ -2,7 +2,7 @@
 # Helpers sourced by the dom0 check scripts: verdicts (pass/fail/skip with a one-line detail for
 # the E2E-RESULT line), bounded waits, and the guest facts shared between the guest-* checks.
 GUEST=e2e-guest
-GUEST_LOG=/var/log/xen/console/guest-$GUEST.log
+GUEST_LOGS=/var/log/xen/console/guest-$GUEST
 XL=/usr/lib/xen-4.17/bin/xl
 
 detail() { echo "$*" >>"$E2E_DETAIL"; }
@@ -36,14 +36,13 @@ wait_until() {
   return 0
 }
 
-# The highest "tick N" the guest printed so far (0 if none).
+# The highest "tick N" the guest printed so far (0 if none). xenconsoled names a console log
+# after the domain's name when it first sees it: after a live migration the new domain's ticks
+# land in guest-$GUEST--incoming.log, so every guest-$GUEST*.log counts.
 last_tick() {
   local n
-  [ -f "$GUEST_LOG" ] || {
-    echo 0
-    return
-  }
-  n=$(grep -o 'tick [0-9]*' "$GUEST_LOG" | awk '{ if ($2 > m) m = $2 } END { print m + 0 }')
+  n=$(cat /var/log/xen/console/guest-"$GUEST"*.log 2>/dev/null | grep -o 'tick [0-9]*' |
+    awk '{ if ($2 > m) m = $2 } END { print m + 0 }')
   echo "${n:-0}"
 }
 tick_above() { [ "$(last_tick)" -gt "$1" ]; }

@@ -45,7 +45,8 @@ export function judge(parsed, qemu) {
     if (c.verdict === 'FAIL') problems.push(`check ${c.name} failed: ${c.detail}`);
   if (!parsed.done) problems.push(`no E2E-DONE marker (QEMU ${qemu.reason}, exit ${qemu.exit})`);
   if (parsed.panics.length > 0) problems.push(`panic on the console: ${parsed.panics.length} line(s)`);
-  if (qemu.reason === 'timeout') problems.push('the whole QEMU run timed out');
+  if (qemu.reason === 'timeout')
+    problems.push(`the whole QEMU run timed out (${qemu.seconds.toFixed(0)} s; --timeout)`);
   return problems;
 }
 
@@ -130,6 +131,7 @@ export function resultTails(resultsDir, parsed) {
   const tail = (file, n) => {
     if (!fs.existsSync(file)) return;
     const lines = fs.readFileSync(file, 'latin1').split('\n').filter(Boolean);
+    if (lines.length === 0) return;
     out.push(
       `----- ${path.relative(resultsDir, file)} (last ${Math.min(n, lines.length)} of ${lines.length} lines) -----`,
     );

@@ -7,4 +7,4 @@ script=$E2E_DIR/dom0/domain-control-check.js
 [ -f "$script" ] || skip "not written yet: $script (needs the compiled src/domains)"
 guest_running || fail "guest $GUEST is not running"
 cd /mnt/host || fail "no /mnt/host"
-E2E_GUEST_DOMID=$(guest_domid) E2E_GUEST_LOG=$GUEST_LOG "$E2E_NODE" "$script"
+E2E_GUEST_DOMID=$(guest_domid) E2E_GUEST_LOGS=$GUEST_LOGS "$E2E_NODE" "$script"

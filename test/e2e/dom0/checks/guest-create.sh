@@ -23,7 +23,7 @@ CFG
 start=$(now)
 xl -v create /tmp/$GUEST.cfg || fail "xl create failed"
 created=$(since "$start")
-wait_until 120 tick_above 2 || fail "guest created in ${created}s but printed no ticks within 120 s: $(tail -n 3 "$GUEST_LOG" 2>/dev/null | tr '\n' '|')"
+wait_until 120 tick_above 2 || fail "guest created in ${created}s but printed no ticks within 120 s: $(cat "$GUEST_LOGS"*.log 2>/dev/null | tail -n 3 | tr '\n' '|')"
 ticking=$(since "$start")
 wait_until 60 backends_connected || fail "guest ticks, but backends not connected: $(backend_states)"
 xl list
