@@ -108,17 +108,27 @@ class FfiOps implements XsOps {
     this.ended = true;
   }
 
-  async read(path: string): Promise<Buffer> {
-    this.check();
-    validatePath(path);
-    const len: OutUint = [0];
-    return this.h.run('read', path, this.lib.xs_read, [this.h.ptr, this.txId, path, len], notNull, (p) =>
-      takeBytes(this.lib, p as NativePointer, len[0]),
-    );
+  // read/readString/write are the hot path: plain methods returning the handle's promise (no
+  // async frame of their own); bad input still comes back as a rejected promise.
+  read(path: string): Promise<Buffer> {
+    return this.readAs(path, (b) => b);
   }
 
-  async readString(path: string): Promise<string> {
-    return (await this.read(path)).toString('utf8');
+  readString(path: string): Promise<string> {
+    return this.readAs(path, (b) => b.toString('utf8'));
+  }
+
+  private readAs<T>(path: string, as: (b: Buffer) => T): Promise<T> {
+    try {
+      this.check();
+      validatePath(path);
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+    const len: OutUint = [0];
+    return this.h.run('read', path, this.lib.xs_read, [this.h.ptr, this.txId, path, len], notNull, (p) =>
+      as(takeBytes(this.lib, p as NativePointer, len[0])),
+    );
   }
 
   async tryRead(path: string): Promise<string | undefined> {
@@ -130,11 +140,16 @@ class FfiOps implements XsOps {
     }
   }
 
-  async write(path: string, value: Buffer | string): Promise<void> {
-    this.check();
-    validatePath(path);
-    const bytes = validateValue(path, value);
-    await this.h.run(
+  write(path: string, value: Buffer | string): Promise<void> {
+    let bytes: Buffer;
+    try {
+      this.check();
+      validatePath(path);
+      bytes = validateValue(path, value);
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+    return this.h.run(
       'write',
       path,
       this.lib.xs_write,
@@ -377,6 +392,7 @@ export class FfiXenStore extends FfiOps implements XenStore {
   /** Device handles cannot be shut down: a watch's initial event wakes the blocked reader. */
   private async wakeWatchLoop(w: XsHandle): Promise<void> {
     const token = `${WAKE_TOKEN_PREFIX}${process.pid}-${++tokenCounter}`;
+    let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       w
         .run(
@@ -389,8 +405,9 @@ export class FfiXenStore extends FfiOps implements XenStore {
           true,
         )
         .catch(() => undefined),
-      new Promise((r) => setTimeout(r, 2000)),
+      new Promise((r) => (timer = setTimeout(r, 2000))),
     ]);
+    clearTimeout(timer);
   }
 
   async transaction<T>(fn: (tx: XsOps) => Promise<T>, opts: TransactionOptions = {}): Promise<T> {

@@ -2,16 +2,16 @@
 // synchronously under a socket receive timeout or on libuv's pool, maps errno to typed errors,
 // and can wake a call blocked on a hung xenstored so that close() and process exit never hang.
 //
-// Why two call modes. Measured here (2 loaded cores, real xenstored, paired rounds vs a C
-// xs_read loop, medians): a koffi `.async` call adds 25-45 us of thread hand-offs (pool queue +
-// uv_async wake-up) to a ~50-70 us xenstored round trip, so sequential reads ran at 0.44-0.47x
-// the C loop. A persistent worker thread driven through SharedArrayBuffer/Atomics (waitAsync, or
-// a bounded Atomics.wait spin) pays the same two hand-offs and was no faster (76-120 us vs 80).
-// Batching cannot help sequential awaits, and libxenstore serialises requests per handle (one
-// request_mutex), so there is nothing to pipeline. A synchronous koffi call costs ~2 us over C
-// and our client 0.78-0.93x the C loop. So on a SOCKET calls are synchronous but BOUNDED:
-// SO_RCVTIMEO/SO_SNDTIMEO make the kernel end any read/write waiting longer than syncTimeoutMs
-// (default 500 ms); libxenstore then drops the connection and the caller gets a
+// Why two call modes. Measured here (2 loaded cores, real xenstored, paired rounds against a C
+// xs_read loop, medians): C 50-56 us/read; a koffi `.async` call adds ~35-40 us of thread
+// hand-offs (pool queue + uv_async wake-up; an async no-op costs 33 us, a sync one 2 us), so
+// sequential reads on the pool run at 0.52-0.55x the C loop. A persistent worker thread driven
+// through SharedArrayBuffer/Atomics (waitAsync, or a bounded Atomics.wait) pays the same two
+// hand-offs and was no faster (76-120 us vs 80). Batching cannot help sequential awaits, and
+// libxenstore serialises requests per handle (request_mutex): nothing to pipeline. Synchronous
+// reads through this client run at 0.87-0.98x the C loop. So on a SOCKET calls are synchronous
+// but BOUNDED: SO_RCVTIMEO/SO_SNDTIMEO make the kernel end any read/write waiting longer than
+// syncTimeoutMs (default 500 ms); libxenstore then drops the connection and the caller gets a
 // XenStoreTimeoutError (and onDisconnect). The event loop thus stalls at most syncTimeoutMs, and
 // only when xenstored hangs; after that, new handles on that path use the pool for 60 s, and a
 // run of fast calls yields to the event loop every SLICE_MS. The price: a xenstored slower than
@@ -198,14 +198,39 @@ export class XsHandle {
     concurrent = false,
   ): Promise<T> {
     if (!this.connected) return Promise.reject(this.deadError(op));
-    if (this.mode === 'sync') return this.runSync(op, path, fn, args, ok, convert);
+    if (this.callMode === 'sync') {
+      // Fast path: the call right here, one settled promise, no async frames (they cost ~5 us
+      // a read). Every SLICE_MS the event loop gets a turn first; later calls queue behind it.
+      if (this.yielding === undefined && performance.now() - this.sliceStart <= SLICE_MS) {
+        try {
+          return Promise.resolve(this.callSync(op, path, fn, args, ok, convert));
+        } catch (err) {
+          return Promise.reject(err as Error);
+        }
+      }
+      return this.runSyncAfterYield(op, path, fn, args, ok, convert);
+    }
     if (concurrent) return this.runAsync(op, path, fn, args, ok, convert, 0);
     const p = this.chain.then(() => this.runAsync(op, path, fn, args, ok, convert, this.opts.callTimeoutMs));
     this.chain = p.catch(() => undefined);
     return p;
   }
 
-  private async runSync<A extends unknown[], R, T>(
+  private callSync<A extends unknown[], R, T>(
+    op: string,
+    path: string | undefined,
+    fn: NativeFn<A, R>,
+    args: A,
+    ok: (r: R) => boolean,
+    convert: (r: R) => T,
+  ): T {
+    koffi.errno(0);
+    const r = fn(...args);
+    if (ok(r)) return convert(r);
+    throw this.failure(koffi.errno(), op, path);
+  }
+
+  private async runSyncAfterYield<A extends unknown[], R, T>(
     op: string,
     path: string | undefined,
     fn: NativeFn<A, R>,
@@ -213,12 +238,10 @@ export class XsHandle {
     ok: (r: R) => boolean,
     convert: (r: R) => T,
   ): Promise<T> {
-    while (performance.now() - this.sliceStart > SLICE_MS) await this.yieldToLoop();
+    while (this.yielding !== undefined || performance.now() - this.sliceStart > SLICE_MS)
+      await this.yieldToLoop();
     if (!this.connected) throw this.deadError(op);
-    koffi.errno(0);
-    const r = fn(...args);
-    if (ok(r)) return convert(r);
-    throw this.failure(koffi.errno(), op, path);
+    return this.callSync(op, path, fn, args, ok, convert);
   }
 
   private yieldToLoop(): Promise<void> {
