@@ -164,8 +164,14 @@ export async function discoverDevices(
  */
 export async function trustedDomainName(xs: XsOps, domid: number, log: Logger): Promise<string | undefined> {
   const candidates = [`/local/domain/${domid}/name`];
-  const vm = await xs.tryRead(`/local/domain/${domid}/vm`);
-  if (vm !== undefined && /^\/vm\/[0-9a-fA-F-]{1,64}$/.test(vm)) candidates.push(`${vm}/name`);
+  // The vm pointer decides which /vm/<uuid>/name is read: it must be dom0's too.
+  const vmPath = `/local/domain/${domid}/vm`;
+  const vm = await xs.tryRead(vmPath);
+  if (vm !== undefined && /^\/vm\/[0-9a-fA-F-]{1,64}$/.test(vm)) {
+    const vmPerms = await xs.getPerms(vmPath).catch(() => [] as Perm[]);
+    if (ownedOnlyBy(vmPerms, 0)) candidates.push(`${vm}/name`);
+    else log.warn(`${vmPath} is writable by a guest; /vm name not used`);
+  }
   for (const path of candidates) {
     const name = await xs.tryRead(path);
     if (name === undefined) continue;

@@ -317,6 +317,7 @@ export class JobRun {
     await this.to(
       { type: 'step', step },
       step === 'post-suspend' ? { 'suspended-by': this.request.suspend } : {},
+      step === 'sync' && this.inWindow() ? 'background' : 'await',
     );
     if (this.aborted) return;
     if (step === 'post-suspend') {

@@ -90,7 +90,10 @@ export class JobWriter {
   private async writeBatch(nodes: Record<string, string | undefined>): Promise<void> {
     const deviceWrites = this.collectDevices();
     const base = `/tool/devmigrate/jobs/${this.domid}`;
-    const jobWrites = Object.entries(nodes).map(([k, v]): [string, string | undefined] => [`${base}/${k}`, v]);
+    const jobWrites = Object.entries(nodes).map(([k, v]): [string, string | undefined] => [
+      `${base}/${k}`,
+      v,
+    ]);
     if (deviceWrites.length === 0 && jobWrites.length === 0) return;
     const one = (ops: XsOps, [path, value]: [string, string | undefined]): Promise<void> => {
       this.ops += 1;

@@ -23,7 +23,12 @@ const CONCURRENT_JOBS = Number(process.env['BENCH_JOBS'] ?? 100);
 const SMALL_DEVICES = 8;
 const BUDGET_MS = 50_000;
 
-const quiet: Logger = { error: (m) => console.error(m), warn: () => undefined, info: () => undefined, debug: () => undefined };
+const quiet: Logger = {
+  error: (m) => console.error(m),
+  warn: () => undefined,
+  info: () => undefined,
+  debug: () => undefined,
+};
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const round = (x: number, d = 1): number => Math.round(x * 10 ** d) / 10 ** d;
 function percentile(sorted: number[], p: number): number {
@@ -41,14 +46,24 @@ function benchMigrator(): DeviceMigrator {
   };
 }
 // Reads what the real vbd policy reads (type, params, mode), so the op count is a disk's.
-const benchFactory: DeviceMigratorFactory = { inspect: readKeys(['type', 'params', 'mode']), create: benchMigrator };
+const benchFactory: DeviceMigratorFactory = {
+  inspect: readKeys(['type', 'params', 'mode']),
+  create: benchMigrator,
+};
 
 /** For (c): domains that suspend promptly (2 ms), so the figure is the engine's, not the guests'. */
 class PromptDomains implements DomainControl {
   private readonly suspended = new Set<number>();
   info(domid: number): Promise<DomainInfo | undefined> {
     const s = this.suspended.has(domid);
-    return Promise.resolve({ domid, paused: false, shutdown: s, ...(s ? { shutdownReason: 'suspend' as const } : {}), dying: false, hvm: false });
+    return Promise.resolve({
+      domid,
+      paused: false,
+      shutdown: s,
+      ...(s ? { shutdownReason: 'suspend' as const } : {}),
+      dying: false,
+      hvm: false,
+    });
   }
   list(): Promise<DomainInfo[]> {
     return Promise.resolve([]);
@@ -88,15 +103,28 @@ interface Marks {
 
 async function submit(xs: XenStore, domid: number): Promise<void> {
   // Many requesters creating job dirs at once conflict on /tool/devmigrate/jobs: retry more.
-  await xs.transaction(async (tx) => {
-    const base = `/tool/devmigrate/jobs/${domid}/request`;
-    for (const [k, v] of Object.entries({ id: `bench-${domid}`, target: 'host-b', mode: 'auto', suspend: 'agent' })) {
-      await tx.write(`${base}/${k}`, v);
-    }
-  }, { maxAttempts: 100, backoffMs: 1 });
+  await xs.transaction(
+    async (tx) => {
+      const base = `/tool/devmigrate/jobs/${domid}/request`;
+      for (const [k, v] of Object.entries({
+        id: `bench-${domid}`,
+        target: 'host-b',
+        mode: 'auto',
+        suspend: 'agent',
+      })) {
+        await tx.write(`${base}/${k}`, v);
+      }
+    },
+    { maxAttempts: 100, backoffMs: 1 },
+  );
 }
 
-function engineFor(xs: XenStore, domains: DomainControl, cfg: DevMigrateConfig, marks: Map<number, Marks>): MigrationEngine {
+function engineFor(
+  xs: XenStore,
+  domains: DomainControl,
+  cfg: DevMigrateConfig,
+  marks: Map<number, Marks>,
+): MigrationEngine {
   const registry = new DeviceRegistry(cfg);
   registry.register('vbd', benchFactory);
   return new MigrationEngine({
@@ -149,7 +177,9 @@ async function main(): Promise<void> {
       format: 'file',
       mode: 'w',
     }));
-    const host = await createSimHost(h, { guests: [{ domid: 1, name: 'bench', uuid: '00000000-0000-4000-8000-00000000be01', devices: disks }] });
+    const host = await createSimHost(h, {
+      guests: [{ domid: 1, name: 'bench', uuid: '00000000-0000-4000-8000-00000000be01', devices: disks }],
+    });
     cleanup.unshift(() => host.close());
     await host.guest(1).boot({ mode: 'normal' });
     const agentXs = await connectXenStore({ path: h.socketPath, timeoutMs: 10_000 });
@@ -166,7 +196,8 @@ async function main(): Promise<void> {
     });
     cleanup.unshift(() => dc.close());
     const cfg = defaultConfig();
-    if (process.env['BENCH_MAX_JOBS'] !== undefined) cfg.limits.maxJobs = Number(process.env['BENCH_MAX_JOBS']);
+    if (process.env['BENCH_MAX_JOBS'] !== undefined)
+      cfg.limits.maxJobs = Number(process.env['BENCH_MAX_JOBS']);
     const marks = new Map<number, Marks>();
     const engine = engineFor(counter.xs, dc, cfg, marks);
     await engine.start();
@@ -186,7 +217,12 @@ async function main(): Promise<void> {
     const windowMs = m1.synced - m1.suspended;
     const visibleMs = (m1.visible ?? Number.NaN) - m1.suspended;
     const base = m1.suspended;
-    console.log(`(a) marks: ${(m1.all ?? []).filter(([, t]) => t >= base).map(([k, t]) => `${k}+${round(t - base)}`).join(' ')}`);
+    console.log(
+      `(a) marks: ${(m1.all ?? [])
+        .filter(([, t]) => t >= base)
+        .map(([k, t]) => `${k}+${round(t - base)}`)
+        .join(' ')}`,
+    );
     await engine.stop();
     void done1.catch(() => undefined);
 
@@ -204,8 +240,12 @@ async function main(): Promise<void> {
       await d.sync?.(ctx);
     }
     const serialMs = performance.now() - s0;
-    console.log(`(a) 32 devices x ${POST_SUSPEND_MS} ms post-suspend: window ${round(windowMs)} ms (state=done visible at ${round(visibleMs)} ms), serial ${round(serialMs)} ms, ratio ${round(serialMs / windowMs)}`);
-    console.log(`(b) XenStore ops for the job: ${ops} = ${round(ops / BIG_DEVICES, 2)} per device; by op: ${JSON.stringify(Object.fromEntries(byOp))}`);
+    console.log(
+      `(a) 32 devices x ${POST_SUSPEND_MS} ms post-suspend: window ${round(windowMs)} ms (state=done visible at ${round(visibleMs)} ms), serial ${round(serialMs)} ms, ratio ${round(serialMs / windowMs)}`,
+    );
+    console.log(
+      `(b) XenStore ops for the job: ${ops} = ${round(ops / BIG_DEVICES, 2)} per device; by op: ${JSON.stringify(Object.fromEntries(byOp))}`,
+    );
 
     // ---- (c): 100 concurrent jobs of 8 devices, prompt domains, default limits ----
     const fleet = Array.from({ length: CONCURRENT_JOBS }, (_, i) => 100 + i);
@@ -243,14 +283,19 @@ async function main(): Promise<void> {
     const single = percentile(singleRuns, 50);
     const c0 = performance.now();
     await Promise.all(fleet.map((d) => submit(reqXs, d)));
-    while (fleet.some((d) => marks2.get(d)?.synced === undefined) && performance.now() - c0 < 30_000) await sleep(10);
+    while (fleet.some((d) => marks2.get(d)?.synced === undefined) && performance.now() - c0 < 30_000)
+      await sleep(10);
     const windows = fleet
       .map((d) => marks2.get(d))
-      .filter((m): m is Marks & { suspended: number; synced: number } => m?.suspended !== undefined && m.synced !== undefined)
+      .filter(
+        (m): m is Marks & { suspended: number; synced: number } =>
+          m?.suspended !== undefined && m.synced !== undefined,
+      )
       .map((m) => m.synced - m.suspended)
       .sort((a, b) => a - b);
     const totalMs = performance.now() - c0;
-    if (windows.length !== fleet.length) throw new Error(`only ${windows.length}/${fleet.length} concurrent jobs finished`);
+    if (windows.length !== fleet.length)
+      throw new Error(`only ${windows.length}/${fleet.length} concurrent jobs finished`);
     const p99 = percentile(windows, 99);
     await engine2.stop();
     clearInterval(sampler);

@@ -59,13 +59,19 @@ async function submit(domid: number | string, fields: Record<string, string>, pe
 }
 const control = (domid: number, value: string): Promise<void> => req.write(J(domid, 'control'), value);
 
-async function waitState(domid: number | string, want: string | RegExp, ms = 15_000, node = 'state'): Promise<string> {
+async function waitState(
+  domid: number | string,
+  want: string | RegExp,
+  ms = 15_000,
+  node = 'state',
+): Promise<string> {
   const end = Date.now() + ms;
   let v: string | undefined;
   for (;;) {
     v = await req.tryRead(J(domid, node));
     if (v !== undefined && (typeof want === 'string' ? v === want : want.test(v))) return v;
-    if (Date.now() > end) throw new Error(`${J(domid, node)} = ${v ?? '(absent)'} after ${ms} ms, wanted ${String(want)}`);
+    if (Date.now() > end)
+      throw new Error(`${J(domid, node)} = ${v ?? '(absent)'} after ${ms} ms, wanted ${String(want)}`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }
@@ -75,7 +81,9 @@ async function running(domid: number): Promise<boolean> {
   return d !== undefined && !d.shutdown && d.paused === 0 && !d.dying;
 }
 const toolCalls = async (domid: number): Promise<string[]> =>
-  (await readFile(join(dir, `calls-g${domid}.log`), 'utf8').catch(() => '')).split('\n').filter((l) => l !== '');
+  (await readFile(join(dir, `calls-g${domid}.log`), 'utf8').catch(() => ''))
+    .split('\n')
+    .filter((l) => l !== '');
 const touch = (name: string): Promise<void> => writeFile(join(dir, name), '');
 
 const GUESTS: GuestDescription[] = [
@@ -123,7 +131,10 @@ exit 0
   const image = join(dir, 'disk.img');
   await writeFile(image, randomBytes(4 * 1024 * 1024));
 
-  const all = [...GUESTS, guest(30, [{ type: 'vbd', vdev: 'xvda', params: image, format: 'file', mode: 'w', backend: 'qdisk' }])];
+  const all = [
+    ...GUESTS,
+    guest(30, [{ type: 'vbd', vdev: 'xvda', params: image, format: 'file', mode: 'w', backend: 'qdisk' }]),
+  ];
   host = await createSimHost(h, { guests: all });
   for (const g of all) {
     kernels.push(await host.guest(g.domid).boot({ mode: g.domid === 19 ? 'never-ack' : 'normal' }));
@@ -146,8 +157,16 @@ exit 0
     stepIdleMs: 20_000,
     killGraceMs: 300,
   });
-  cfg.devices.vtpm = { tool: { path: tool, contract: 'external-device-migrate', timeoutMs: 1500, passSubtype: false } };
-  cfg.disks.copy = { method: 'rsync', rsync: '/usr/bin/rsync', rsh: [fakeSsh], remoteRoot: join(dir, 'target'), extraArgs: [] };
+  cfg.devices.vtpm = {
+    tool: { path: tool, contract: 'external-device-migrate', timeoutMs: 3000, passSubtype: false },
+  };
+  cfg.disks.copy = {
+    method: 'rsync',
+    rsync: '/usr/bin/rsync',
+    rsh: [fakeSsh],
+    remoteRoot: join(dir, 'target'),
+    extraArgs: [],
+  };
   engine = new MigrationEngine({ xs: agentXs, domains, config: cfg, log });
   await engine.start();
 });
@@ -173,7 +192,12 @@ describe('migration engine on the real xenstored', () => {
     expect(await read(J(11, 'devices/vif/0/state'))).toBe('synced');
     expect(await read(J(11, 'devices/vif/0/policy'))).toBe('nothing-to-do');
     expect(await read(J(11, 'suspended-by'))).toBe('agent');
-    expect(await toolCalls(11)).toEqual(['step=0 domid=11 devid=0', 'step=1 domid=11 devid=0', 'step=2 domid=11 devid=0', 'step=3 domid=11 devid=0']);
+    expect(await toolCalls(11)).toEqual([
+      'step=0 domid=11 devid=0',
+      'step=1 domid=11 devid=0',
+      'step=2 domid=11 devid=0',
+      'step=3 domid=11 devid=0',
+    ]);
   });
 
   it('auto + suspend=toolstack: post-suspend starts only once the toolstack suspended the domain', async () => {
@@ -189,9 +213,27 @@ describe('migration engine on the real xenstored', () => {
   it('steps mode driven with xenstore-write / xenstore-read, as in docs/protocol.md', async () => {
     const env = { ...process.env, XENSTORED_PATH: h.socketPath };
     const base = J(13, '');
-    await run('xenstore-write', [`${base}request/id`, 'steps-1', `${base}request/target`, 'host-b', `${base}request/mode`, 'steps', `${base}request/suspend`, 'agent'], { env });
+    await run(
+      'xenstore-write',
+      [
+        `${base}request/id`,
+        'steps-1',
+        `${base}request/target`,
+        'host-b',
+        `${base}request/mode`,
+        'steps',
+        `${base}request/suspend`,
+        'agent',
+      ],
+      { env },
+    );
     await waitState(13, 'accepted');
-    for (const [c, st] of [['test', 'tested'], ['pre-suspend', 'pre-suspended'], ['post-suspend', 'post-suspended'], ['sync', 'done']]) {
+    for (const [c, st] of [
+      ['test', 'tested'],
+      ['pre-suspend', 'pre-suspended'],
+      ['post-suspend', 'post-suspended'],
+      ['sync', 'done'],
+    ]) {
       await run('xenstore-write', [`${base}control`, c as string], { env });
       await waitState(13, st as string);
     }
@@ -203,9 +245,15 @@ describe('migration engine on the real xenstored', () => {
   it('a veto at test: refused with one reason per device, nothing changed', async () => {
     await submit(14, AUTO);
     await waitState(14, 'refused');
-    expect(await read(J(14, 'devices/pci/0/reason'))).toBe('pci passthrough device 0000:03:00.0 cannot be migrated (detach it first)');
-    expect(await read(J(14, 'devices/vusb/0/reason'))).toMatch(/vusb devices cannot migrate without an external tool/);
-    expect(await read(J(14, 'devices/vbd/51712/reason'))).toBe('local block device /dev/loop0 is not on shared storage');
+    expect(await read(J(14, 'devices/pci/0/reason'))).toBe(
+      'pci passthrough device 0000:03:00.0 cannot be migrated (detach it first)',
+    );
+    expect(await read(J(14, 'devices/vusb/0/reason'))).toMatch(
+      /vusb devices cannot migrate without an external tool/,
+    );
+    expect(await read(J(14, 'devices/vbd/51712/reason'))).toBe(
+      'local block device /dev/loop0 is not on shared storage',
+    );
     expect(await read(J(14, 'devices/vtpm/0/state'))).toBe('tested');
     expect(await read(J(14, 'error'))).toMatch(/^refused by 3 device\(s\)/);
     expect(await running(14)).toBe(true);
@@ -214,7 +262,11 @@ describe('migration engine on the real xenstored', () => {
   it('a failure in pre-suspend, post-suspend or sync (three jobs at once): recovered, domain running', async () => {
     await Promise.all([touch('fail-g15-1'), touch('fail-g16-2'), touch('fail-g17-3')]);
     await Promise.all([submit(15, AUTO), submit(16, AUTO), submit(17, AUTO)]);
-    for (const [d, phase, step] of [[15, 'pre-suspend', 1], [16, 'post-suspend', 2], [17, 'sync', 3]] as const) {
+    for (const [d, phase, step] of [
+      [15, 'pre-suspend', 1],
+      [16, 'post-suspend', 2],
+      [17, 'sync', 3],
+    ] as const) {
       await waitState(d, 'failed');
       expect(await read(J(d, 'error'))).toContain(`${phase} failed by 1 device(s): vtpm/0:`);
       expect(await read(J(d, 'error'))).toContain('Error: step');
@@ -233,8 +285,8 @@ describe('migration engine on the real xenstored', () => {
     const t0 = Date.now();
     await submit(18, AUTO);
     await waitState(18, 'failed');
-    expect(Date.now() - t0).toBeLessThan(6000);
-    expect(await read(J(18, 'error'))).toMatch(/vtpm\/0: .*timed out after 1500 ms/);
+    expect(Date.now() - t0).toBeLessThan(9000);
+    expect(await read(J(18, 'error'))).toMatch(/vtpm\/0: .*timed out after 3000 ms/);
     expect(await running(18)).toBe(true);
   });
 
@@ -287,7 +339,12 @@ describe('migration engine on the real xenstored', () => {
     await submit(26, AUTO);
     await waitState(26, 'pre-suspend');
     await req.write(J(26, 'request/id'), 'job-2');
-    await waitState(26, /"job-2" refused: domain 26 is busy with job job-1 \(state pre-suspend\)/, 5000, 'refused-request');
+    await waitState(
+      26,
+      /"job-2" refused: domain 26 is busy with job job-1 \(state pre-suspend\)/,
+      5000,
+      'refused-request',
+    );
     expect(await read(J(26, 'accepted-id'))).toBe('job-1');
     await control(26, 'abort');
     await waitState(26, 'aborted');
@@ -318,10 +375,16 @@ describe('migration engine on the real xenstored', () => {
   });
 
   it('a request not owned by dom0 alone is ignored and logged; a guest cannot write jobs at all', async () => {
-    await submit(28, AUTO, [{ domid: 0, access: 'n' }, { domid: 28, access: 'w' }]);
-    await new Promise((r) => setTimeout(r, 300));
+    await submit(28, AUTO, [
+      { domid: 0, access: 'n' },
+      { domid: 28, access: 'w' },
+    ]);
+    const ignored = (l: string): boolean => l.startsWith('W job 28 ignored:') && l.includes('w28');
+    const end = Date.now() + 5000;
+    while (!logs.some(ignored) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    expect(logs.some(ignored)).toBe(true);
     expect(await read(J(28, 'state'))).toBeUndefined();
-    expect(logs.some((l) => l.startsWith('W job 28 ignored:') && l.includes('b0') === false && l.includes('w28'))).toBe(true);
+    expect(await read(J(28, 'error'))).toBeUndefined();
     const asGuest = await connectXenStore({ path: host.guest(28).socketPath, timeoutMs: 5000 });
     try {
       let err: unknown;

@@ -23,7 +23,7 @@ describe('config', () => {
     expect(c).toEqual(defaultConfig());
     expect(c.unknownDevices).toBe('refuse');
     expect(c.disks.copy).toBeUndefined();
-    expect(c.limits.maxJobs).toBe(10);
+    expect(c.limits.maxJobs).toBe(6);
   });
 
   it('accepts the documented example file', async () => {

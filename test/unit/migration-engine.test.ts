@@ -212,4 +212,58 @@ describe('engine (in-memory XenStore)', () => {
     expect(domains.calls).toEqual(['suspend 5', 'resume 5']);
     expect(xs.value(J(5, 'error'))).toMatch(/agent restarted while the job was post-suspend/);
   });
+
+  it('per-phase timeout: a post-suspend that outlives its phase fails the job, devices recovered, resumed', async () => {
+    const cfg = defaultConfig();
+    cfg.timeouts.postSuspendMs = 100;
+    cfg.timeouts.killGraceMs = 50;
+    const s: Script = { calls: [], delayMs: 0 };
+    const { xs, domains } = await world(s, cfg);
+    s.delayMs = 1000; // only the phases after test see it: post-suspend too slow
+    request(xs, 5, AUTO);
+    await waitFor(xs, J(5, 'state'), 'failed', 8000);
+    expect(xs.value(J(5, 'error'))).toMatch(/timed out after 100 ms/);
+    expect(domains.calls).toEqual(['suspend 5', 'resume 5']);
+  });
+
+  it('request deadline: exceeded -> recovered, failed with the reason', async () => {
+    const s: Script = { calls: [], delayMs: 2000 };
+    const { xs } = await world(s);
+    request(xs, 5, { ...AUTO, deadline: '1' });
+    await waitFor(xs, J(5, 'state'), /failed|aborted/, 6000);
+    expect(xs.value(J(5, 'error'))).toMatch(/deadline of 1s exceeded/);
+    expect(xs.value(J(5, 'recovered'))).toBe('1');
+  });
+
+  it('recovery table: testing -> forget (failed, nothing touched); done -> adopt (recover still possible)', async () => {
+    const s: Script = { calls: [] };
+    const xs = new MemoryXenStore();
+    const domains = new FakeDomains();
+    domains.add(5);
+    domains.add(6);
+    await domains.suspend(6);
+    for (const d of [5, 6]) {
+      xs.put(`/local/domain/0/backend/vbd/${d}/51712/params`, '/x', DOM0);
+      request(xs, d, AUTO);
+      xs.put(J(d, 'accepted-id'), 'j1');
+    }
+    xs.put(J(5, 'state'), 'testing');
+    xs.put(J(6, 'state'), 'done');
+    xs.put(J(6, 'suspended-by'), 'agent');
+    const registry = new DeviceRegistry(defaultConfig());
+    registry.register('vbd', scripted(s));
+    engine = new MigrationEngine({ xs, domains, config: defaultConfig(), log, registry });
+    await engine.start();
+    await waitFor(xs, J(5, 'state'), 'failed');
+    expect(xs.value(J(5, 'error'))).toMatch(
+      /agent restarted while the job was testing; nothing had been changed/,
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    expect(xs.value(J(6, 'state'))).toBe('done');
+    expect(engine.job(6)?.state).toBe('done');
+    xs.put(J(6, 'control'), 'recover');
+    await waitFor(xs, J(6, 'state'), 'aborted');
+    expect(s.calls).toEqual(['51712:recover:sync']);
+    expect(domains.calls).toEqual(['suspend 6', 'resume 6']);
+  });
 });
