@@ -11,34 +11,31 @@ import type { Logger } from './logger.js';
 /** Per-call deadline: a wedged xenstored must surface as an error, never as a hang. */
 export const CALL_TIMEOUT_MS = 30_000;
 
-type FfiOpener = (opts: { path?: string }) => Promise<XenStore>;
-
-/** The FFI client is optional at run time (it needs libxenstore.so); loaded only when needed. */
-async function loadFfiOpener(): Promise<FfiOpener | undefined> {
-  const specifier = '../xenstore/ffi-client.js';
-  try {
-    const mod = (await import(specifier)) as { openFfiXenStore?: FfiOpener };
-    return mod.openFfiXenStore;
-  } catch {
-    return undefined;
-  }
-}
-
+/**
+ * DEVMIGRATE_TRANSPORT=ffi forces libxenstore even where a socket exists (to exercise that path,
+ * or to sidestep a socket problem); anything else means "socket when there is one".
+ */
 export async function connectAnyTransport(config: DevMigrateConfig, logger?: Logger): Promise<XenStore> {
+  if (process.env['DEVMIGRATE_TRANSPORT'] === 'ffi') {
+    const { openFfiXenStore } = await import('../xenstore/ffi-client.js');
+    return openFfiXenStore(config.xenstoredPath !== undefined ? { path: config.xenstoredPath } : {});
+  }
   if (config.xenstoredPath !== undefined) {
     if ((await kindOfPath(config.xenstoredPath)) === 'socket') {
       return connectXenStore({ path: config.xenstoredPath, timeoutMs: CALL_TIMEOUT_MS });
     }
   }
   const env =
-    config.xenstoredPath !== undefined ? { ...process.env, XENSTORED_PATH: config.xenstoredPath } : process.env;
+    config.xenstoredPath !== undefined
+      ? { ...process.env, XENSTORED_PATH: config.xenstoredPath }
+      : process.env;
   const found = await discoverXenStore(env);
   if (found.kind === 'socket') return connectXenStore({ path: found.path, timeoutMs: CALL_TIMEOUT_MS });
   if ((await kindOfPath(found.path)) === 'missing') {
     throw new XenStoreDisconnectedError(`no xenstored: ${found.reason}, and ${found.path} does not exist`);
   }
-  const open = await loadFfiOpener();
-  if (!open) throw new XenStoreDisconnectedError(`${found.reason}; the libxenstore client is not available`);
-  logger?.info('using libxenstore', { device: found.path });
-  return open({ path: found.path });
+  // Loaded only here: the libxenstore binding is needed only where xenstored has no socket.
+  const { openFfiXenStore } = await import('../xenstore/ffi-client.js');
+  logger?.info('using libxenstore', { device: found.path, reason: found.reason });
+  return openFfiXenStore({ path: found.path });
 }

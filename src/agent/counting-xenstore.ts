@@ -30,7 +30,10 @@ function countOps(target: XsOps, counts: XsCounts): XsOps {
   };
 }
 
-export function countingXenStore(inner: XenStore, counts: XsCounts = { ops: 0, events: 0 }): XenStore & { counts: XsCounts } {
+export function countingXenStore(
+  inner: XenStore,
+  counts: XsCounts = { ops: 0, events: 0 },
+): XenStore & { counts: XsCounts } {
   const ops = countOps(inner, counts);
   const wrapped: XenStore & { counts: XsCounts } = {
     ...ops,

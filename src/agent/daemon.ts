@@ -41,6 +41,8 @@ export class AgentDaemon {
   private stopping: Promise<void> | undefined;
   private reloading: Promise<boolean> = Promise.resolve(true);
   private watchdogTimer: NodeJS.Timeout | undefined;
+  /** True once our pid is in the presence node: only then may stop() write state=stopped. */
+  private announced = false;
   private readonly log: Logger;
 
   constructor(private readonly deps: AgentDeps) {
@@ -81,6 +83,7 @@ export class AgentDaemon {
     xs.onDisconnect(() => this.deps.notifier.status('xenstored connection lost, reconnecting'));
     xs.onReconnect(() => void this.afterReconnect());
     await this.announce('starting');
+    this.announced = true;
     this.engine = await this.deps.createEngine(xs, config, this.log);
     // The engine's watch on the jobs fires once at once: that first pass recovers every job an
     // earlier agent left mid-flight (recovery table) before new ones are taken.
@@ -88,16 +91,39 @@ export class AgentDaemon {
     this.state = 'ready';
     await this.announce('ready');
     const readyMs = Math.round(performance.now() - t0);
-    this.log.info('agent ready', { pid: process.pid, version: this.deps.version, ready_ms: readyMs });
+    this.log.info('agent ready', {
+      pid: process.pid,
+      version: this.deps.version,
+      ready_ms: readyMs,
+      process_uptime_ms: Math.round(process.uptime() * 1000),
+    });
     this.deps.notifier.ready(`watching ${JOBS}`);
     this.startWatchdog();
   }
 
-  /** Writes pid, version, started and state in one transaction, dom0-only. */
+  /**
+   * Writes pid, version, started and state in one transaction, dom0-only. At start, a live agent
+   * already announced (another pid, not stopped) is a conflict: two engines must never share jobs.
+   */
   private async announce(state: AgentState): Promise<void> {
     const xs = this.xs;
     if (!xs) return;
     await xs.transaction(async (tx) => {
+      if (state === 'starting') {
+        const [pid, other] = await Promise.all([
+          tx.tryRead(`${AGENT_PATH}/pid`),
+          tx.tryRead(`${AGENT_PATH}/state`),
+        ]);
+        if (
+          pid !== undefined &&
+          /^[0-9]+$/.test(pid) &&
+          Number(pid) !== process.pid &&
+          other !== 'stopped' &&
+          pidAlive(Number(pid))
+        ) {
+          throw new AgentConflictError(Number(pid), other ?? '?');
+        }
+      }
       for (const dir of [ROOT, AGENT_PATH]) {
         if (!(await tx.exists(dir))) await tx.mkdir(dir);
         await tx.setPerms(dir, DOM0_ONLY);
@@ -147,7 +173,9 @@ export class AgentDaemon {
         return true;
       } catch (err) {
         const fields =
-          err instanceof ConfigError ? { key: err.keyPath || '(root)', reason: err.reason } : { error: errText(err) };
+          err instanceof ConfigError
+            ? { key: err.keyPath || '(root)', reason: err.reason }
+            : { error: errText(err) };
         this.log.error('configuration reload refused, keeping the running configuration', fields);
         return false;
       } finally {
@@ -169,7 +197,11 @@ export class AgentDaemon {
     this.stopWatchdog();
     const wasReady = this.state === 'ready';
     this.state = 'draining';
-    this.log.notice('stopping: no new jobs', { reason, active: this.engine?.activeJobs() ?? 0, bound_ms: bound });
+    this.log.notice('stopping: no new jobs', {
+      reason,
+      active: this.engine?.activeJobs() ?? 0,
+      bound_ms: bound,
+    });
     // Without a connection the note would wait for one: the drain must not wait behind it.
     if (wasReady && this.xs?.connected) await this.setStateNode('draining');
     if (this.engine) {
@@ -182,7 +214,7 @@ export class AgentDaemon {
       }
     }
     this.state = 'stopped';
-    if (this.xs?.connected) await this.setStateNode('stopped');
+    if (this.announced && this.xs?.connected) await this.setStateNode('stopped');
     await this.xs?.close();
     this.log.notice('agent stopped');
   }
@@ -201,7 +233,26 @@ export class AgentDaemon {
   }
 }
 
+/** Another agent is announced and its process is alive on this host. */
+export class AgentConflictError extends Error {
+  override readonly name = 'AgentConflictError';
+  constructor(
+    readonly pid: number,
+    readonly state: string,
+  ) {
+    super(`another devmigrate agent (pid ${pid}, state ${state}) is running; only one may serve the jobs`);
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 export function errText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
-

@@ -14,11 +14,13 @@ import type { Logger } from './logger.js';
  * fields so journald/JSON consumers can filter on domid and job.
  */
 export function jobFields(message: string): Record<string, string | number> {
-  const m = /^job ([0-9]+)(?: \(([^)\s]+)\))?:/.exec(message);
+  const m = /^job ([0-9]+)(?: \(([^)\s]+)\))?:/.exec(message) ?? /^domain ([0-9]+):/.exec(message);
   if (!m) return {};
   const out: Record<string, string | number> = { domid: Number(m[1]) };
   if (m[2] !== undefined) out['job'] = m[2];
-  const dev = /\b((?:vbd|vbd3|qdisk|vif|vtpm|pci|vusb|qusb|console|vkbd|vfb|9pfs|vscsi)\/[0-9]+)\b/.exec(message);
+  const dev = /\b((?:vbd|vbd3|qdisk|vif|vtpm|pci|vusb|qusb|console|vkbd|vfb|9pfs|vscsi)\/[0-9]+)\b/.exec(
+    message,
+  );
   if (dev?.[1] !== undefined) out['device'] = dev[1];
   const phase = /\b(testing|pre-suspend|suspending|post-suspend|syncing|recovering)\b/.exec(message);
   if (phase?.[1] !== undefined) out['phase'] = phase[1];
@@ -34,7 +36,11 @@ export function engineLogger(log: Logger): EngineLogger {
   return { error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug') };
 }
 
-export async function createEngine(xs: XenStore, config: DevMigrateConfig, logger: Logger): Promise<JobEngine> {
+export async function createEngine(
+  xs: XenStore,
+  config: DevMigrateConfig,
+  logger: Logger,
+): Promise<JobEngine> {
   // One config object shared with the engine: a reload updates it in place (see applyConfig).
   const live: DevMigrateConfig = structuredClone(config);
   const domains = createDomainControl({

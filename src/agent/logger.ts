@@ -4,11 +4,10 @@
 import { Writable } from 'node:stream';
 import winston from 'winston';
 
-export type LogFormat = 'auto' | 'journal' | 'human' | 'json';
-export type LogLevel = 'error' | 'warn' | 'notice' | 'info' | 'debug';
-export type Logger = winston.Logger;
+import { isLogLevel, LOG_LEVELS, type LogFormat, type LogLevel } from './log-options.js';
 
-export const LOG_LEVELS: Record<LogLevel, number> = { error: 0, warn: 1, notice: 2, info: 3, debug: 4 };
+export { isLogFormat, isLogLevel, LOG_LEVELS, type LogFormat, type LogLevel } from './log-options.js';
+export type Logger = winston.Logger;
 
 /** sd-daemon(3) priorities: what journald reads from a `<N>` prefix. */
 const SYSLOG_PRIORITY: Record<LogLevel, number> = { error: 3, warn: 4, notice: 5, info: 6, debug: 7 };
@@ -17,20 +16,15 @@ const SYSLOG_PRIORITY: Record<LogLevel, number> = { error: 3, warn: 4, notice: 5
 export const CONTEXT_KEYS = ['domid', 'job', 'phase', 'device'] as const;
 export type JobContext = Partial<Record<(typeof CONTEXT_KEYS)[number], string | number>>;
 
-export function isLogLevel(v: string): v is LogLevel {
-  return Object.hasOwn(LOG_LEVELS, v);
-}
-
-export function isLogFormat(v: string): v is LogFormat {
-  return v === 'auto' || v === 'journal' || v === 'human' || v === 'json';
-}
-
 /** systemd sets INVOCATION_ID for every service, JOURNAL_STREAM when stdout goes to the journal. */
 export function runningUnderSystemd(env: NodeJS.ProcessEnv = process.env): boolean {
   return Boolean(env['JOURNAL_STREAM'] || env['INVOCATION_ID']);
 }
 
-export function resolveFormat(format: LogFormat, env: NodeJS.ProcessEnv = process.env): Exclude<LogFormat, 'auto'> {
+export function resolveFormat(
+  format: LogFormat,
+  env: NodeJS.ProcessEnv = process.env,
+): Exclude<LogFormat, 'auto'> {
   if (format !== 'auto') return format;
   return runningUnderSystemd(env) ? 'journal' : 'human';
 }
@@ -93,7 +87,11 @@ const humanFormat = winston.format.printf((info) => {
 });
 
 const jsonFormat = winston.format.printf((info) => {
-  const out: Record<string, unknown> = { time: info['timestamp'], level: levelOf(info), msg: messageText(info) };
+  const out: Record<string, unknown> = {
+    time: info['timestamp'],
+    level: levelOf(info),
+    msg: messageText(info),
+  };
   for (const [k, v] of Object.entries(plainInfo(info))) {
     if (k === 'level' || k === 'message' || k === 'timestamp') continue;
     out[k] = v instanceof Error ? v.message : v;
@@ -146,7 +144,11 @@ export function setLevel(logger: Logger, level: LogLevel): void {
 
 /** A logger that drops everything (tests, quiet CLI paths). */
 export function silentLogger(): Logger {
-  return winston.createLogger({ levels: LOG_LEVELS, silent: true, transports: [new winston.transports.Console()] });
+  return winston.createLogger({
+    levels: LOG_LEVELS,
+    silent: true,
+    transports: [new winston.transports.Console()],
+  });
 }
 
 /** A stream that keeps written lines in memory (tests and the demo's capture). */

@@ -44,7 +44,8 @@ export function packageVersion(): string {
 }
 
 export async function runAgent(opts: RunAgentOptions = {}): Promise<ExitCodeValue> {
-  const logger = opts.logger ?? createLogger({ format: opts.logFormat ?? 'auto', level: opts.logLevel ?? 'info' });
+  const logger =
+    opts.logger ?? createLogger({ format: opts.logFormat ?? 'auto', level: opts.logLevel ?? 'info' });
   const notifier = createNotifier({ onError: (e) => logger.warn('sd_notify failed', { error: e.message }) });
   const load = async (path?: string): Promise<DevMigrateConfig> => {
     const cfg = await loadConfig(path);

@@ -19,7 +19,8 @@ const AF_UNIX = 1;
 const SOCK_DGRAM = 2;
 const SOCK_CLOEXEC = 0o2000000;
 
-let cachedSender: { name: string; send: SendFn } | undefined;
+/** Loaded senders by kind: koffi type names may be registered only once per process. */
+const senders = new Map<string, { name: string; send: SendFn }>();
 
 /** libsystemd reads NOTIFY_SOCKET from the C environment; we pass the path ourselves instead. */
 function libsystemdSender(): SendFn | undefined {
@@ -47,7 +48,8 @@ function libsystemdSender(): SendFn | undefined {
 
 function libcSender(): SendFn {
   const libc = koffi.load('libc.so.6');
-  const SockaddrUn = koffi.struct('devmigrate_sockaddr_un', {
+  // Registered by name: the sendto prototype below refers to it as devmigrate_sockaddr_un.
+  const _sockaddrUn = koffi.struct('devmigrate_sockaddr_un', {
     sun_family: 'uint16_t',
     sun_path: koffi.array('uint8_t', 108),
   });
@@ -69,7 +71,8 @@ function libcSender(): SendFn {
     if (fd < 0) throw new SdNotifyError(`socket(AF_UNIX) failed: errno ${errno()}`, errno());
     try {
       const buf = Buffer.from(message);
-      const n = sendto(fd, buf, buf.length, 0, { sun_family: AF_UNIX, sun_path: sunPath }, addrlen) as number | bigint;
+      const n = sendto(fd, buf, buf.length, 0, { sun_family: AF_UNIX, sun_path: sunPath }, addrlen) as
+        number | bigint;
       if (Number(n) < 0) throw new SdNotifyError(`sendto(${socketPath}) failed: errno ${errno()}`, errno());
     } finally {
       close(fd);
@@ -77,12 +80,17 @@ function libcSender(): SendFn {
   };
 }
 
-/** Which way messages go out: 'libsystemd' or 'libc'. Loaded once, lazily. */
+/** Which way messages go out: 'libsystemd' or 'libc'. Loaded once per kind, lazily. */
 export function notifySender(prefer: 'libsystemd' | 'libc' = 'libsystemd'): { name: string; send: SendFn } {
-  if (cachedSender && cachedSender.name === prefer) return cachedSender;
+  const known = senders.get(prefer);
+  if (known) return known;
   const viaSystemd = prefer === 'libsystemd' ? libsystemdSender() : undefined;
-  cachedSender = viaSystemd ? { name: 'libsystemd', send: viaSystemd } : { name: 'libc', send: libcSender() };
-  return cachedSender;
+  const chosen = viaSystemd
+    ? { name: 'libsystemd', send: viaSystemd }
+    : (senders.get('libc') ?? { name: 'libc', send: libcSender() });
+  senders.set(prefer, chosen);
+  senders.set(chosen.name, chosen);
+  return chosen;
 }
 
 export interface Notifier {

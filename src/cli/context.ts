@@ -39,10 +39,14 @@ export async function withXenStore<T>(ctx: CliContext, fn: (xs: XenStore) => Pro
   try {
     xs = await connectAnyTransport(cfg);
   } catch (err) {
-    throw new CliError(`cannot reach xenstored: ${err instanceof Error ? err.message : String(err)}`, ExitCode.UNAVAILABLE, [
-      'on a dom0: systemctl status xen.service (or xenstored.service)',
-      'with a simulated host: eval "$(devmigrate sim up --dir DIR)" first',
-    ]);
+    throw new CliError(
+      `cannot reach xenstored: ${err instanceof Error ? err.message : String(err)}`,
+      ExitCode.UNAVAILABLE,
+      [
+        'on a dom0: systemctl status xen.service (or xenstored.service)',
+        'with a simulated host: eval "$(devmigrate sim up --dir DIR)" first',
+      ],
+    );
   }
   try {
     return await fn(xs);

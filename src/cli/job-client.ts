@@ -59,7 +59,10 @@ export async function resolveDomain(xs: XenStore, spec: string): Promise<DomainR
   const hits = ids.filter((_, i) => names[i] === spec);
   if (hits.length === 0) throw new CliError(`no domain named ${spec}`, ExitCode.NO_DOMAIN);
   if (hits.length > 1) {
-    throw new CliError(`${hits.length} domains are named ${spec} (ids ${hits.join(', ')}): give the id`, ExitCode.USAGE);
+    throw new CliError(
+      `${hits.length} domains are named ${spec} (ids ${hits.join(', ')}): give the id`,
+      ExitCode.USAGE,
+    );
   }
   return { domid: Number(hits[0]), name: spec };
 }
@@ -245,7 +248,10 @@ export async function waitForJob(
     }
   };
   const watch = await xs.watch(jobPath(domid), { onEvent: () => void check(), onError: (e) => fail?.(e) });
-  const timer = setTimeout(() => fail?.(new WaitTimeoutError(`waiting for the job of domain ${domid}`, timeoutMs)), timeoutMs);
+  const timer = setTimeout(
+    () => fail?.(new WaitTimeoutError(`waiting for the job of domain ${domid}`, timeoutMs)),
+    timeoutMs,
+  );
   try {
     return await result;
   } finally {

@@ -29,7 +29,10 @@ export function jobSummary(job: JobView): string[] {
   ]
     .filter(Boolean)
     .join(', ');
-  const lines = [head, `  state: ${job.state ?? '(not taken by the agent yet)'}${job.progress ? `  progress ${job.progress}` : ''}`];
+  const lines = [
+    head,
+    `  state: ${job.state ?? '(not taken by the agent yet)'}${job.progress ? `  progress ${job.progress}` : ''}`,
+  ];
   if (job.error) lines.push(`  error: ${job.error}`);
   if (job.controlError) lines.push(`  control refused: ${job.controlError}`);
   if (job.devices.length > 0) {

@@ -98,7 +98,8 @@ describe('agent daemon on a real xenstored', () => {
       logger: createLogger({ format: 'journal', level: 'debug', stream: cap }),
       notifier,
       loadConfig: async () => nextConfig(),
-      connect: async () => countingXenStore(await connectXenStore({ path: h.socketPath, timeoutMs: 5000 }), counts),
+      connect: async () =>
+        countingXenStore(await connectXenStore({ path: h.socketPath, timeoutMs: 5000 }), counts),
       createEngine: async (xs) => (engine = new FakeEngine(xs)),
       drainTimeoutMs: 1234,
       backoff: { baseMs: 20, capMs: 200 },
@@ -137,10 +138,15 @@ describe('agent daemon on a real xenstored', () => {
     await h.restart();
     probe = await connectRetrying(h.socketPath);
     // A restarted xenstored has an empty store: the agent must put its presence back.
-    await until('presence after restart', async () => (await probe.tryRead(`${AGENT_PATH}/state`)) === 'ready');
+    await until(
+      'presence after restart',
+      async () => (await probe.tryRead(`${AGENT_PATH}/state`)) === 'ready',
+    );
     const seen = engine?.events.length ?? 0;
     await probe.write('/tool/devmigrate/jobs/7/request/id', 'x');
-    await until('job event after restart', () => (engine?.events.slice(seen) ?? []).includes('/tool/devmigrate/jobs/7/request/id'));
+    await until('job event after restart', () =>
+      (engine?.events.slice(seen) ?? []).includes('/tool/devmigrate/jobs/7/request/id'),
+    );
     expect(cap.lines.some((l) => l.startsWith('<5>reconnected to xenstored'))).toBe(true);
     expect(daemon?.xenstore?.connections).toBe(2);
   });
@@ -152,7 +158,11 @@ describe('agent daemon on a real xenstored', () => {
     };
     expect(await daemon?.reload()).toBe(false);
     expect(engine?.configs).toHaveLength(0);
-    expect(cap.lines.some((l) => l.startsWith('<3>configuration reload refused') && l.includes('key=limits.maxJobs'))).toBe(true);
+    expect(
+      cap.lines.some(
+        (l) => l.startsWith('<3>configuration reload refused') && l.includes('key=limits.maxJobs'),
+      ),
+    ).toBe(true);
     nextConfig = () => ({ ...defaultConfig(), logLevel: 'warn' });
     expect(await daemon?.reload()).toBe(true);
     expect(engine?.configs[0]?.logLevel).toBe('warn');

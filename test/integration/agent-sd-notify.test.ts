@@ -108,6 +108,8 @@ describe('sd_notify', () => {
 
   it('reads the watchdog interval only when meant for this process', () => {
     expect(createNotifier({ env: { WATCHDOG_USEC: '4000000' } }).watchdogMs).toBe(4000);
-    expect(createNotifier({ env: { WATCHDOG_USEC: '4000000', WATCHDOG_PID: '1' } }).watchdogMs).toBeUndefined();
+    expect(
+      createNotifier({ env: { WATCHDOG_USEC: '4000000', WATCHDOG_PID: '1' } }).watchdogMs,
+    ).toBeUndefined();
   });
 });

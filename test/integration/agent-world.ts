@@ -21,14 +21,31 @@ export interface AgentProcess {
   pid: number;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** SIGTERM (or the given signal) and wait for the exit, SIGKILL after graceMs. */
-  stop(signal?: NodeJS.Signals, graceMs?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stop(
+    signal?: NodeJS.Signals,
+    graceMs?: number,
+  ): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-export function spawnAgent(opts: { env: NodeJS.ProcessEnv; configPath: string; logFile: string; extraArgs?: string[] }): AgentProcess {
+export function spawnAgent(opts: {
+  env: NodeJS.ProcessEnv;
+  configPath: string;
+  logFile: string;
+  logFormat?: string;
+  extraArgs?: string[];
+}): AgentProcess {
   const log = openSync(opts.logFile, 'a');
   const child = spawn(
     process.execPath,
-    [builtCli(), 'agent', '--config', opts.configPath, '--log-format', 'human', ...(opts.extraArgs ?? [])],
+    [
+      builtCli(),
+      'agent',
+      '--config',
+      opts.configPath,
+      '--log-format',
+      opts.logFormat ?? 'human',
+      ...(opts.extraArgs ?? []),
+    ],
     { env: opts.env, stdio: ['ignore', log, log] },
   );
   closeSync(log);
@@ -53,7 +70,13 @@ export function spawnAgent(opts: { env: NodeJS.ProcessEnv; configPath: string; l
 }
 
 /** Resolves when pred() holds, re-checked on every event of a watch on `path`; rejects after ms. */
-export async function waitWatched(xs: XenStore, path: string, pred: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+export async function waitWatched(
+  xs: XenStore,
+  path: string,
+  pred: () => Promise<boolean>,
+  ms: number,
+  what: string,
+): Promise<void> {
   let done: () => void = () => undefined;
   let fail: (e: Error) => void = () => undefined;
   const p = new Promise<void>((res, rej) => {

@@ -43,7 +43,14 @@ function guest(domid: number): HostDescription['guests'][number] & { simMode: st
     uuid: `00000000-0000-4000-8000-0000000000${hex}`,
     simMode: 'slow-ack',
     devices: [
-      { type: 'vbd', vdev: 'xvda', params: `/srv/shared/fault${domid}.img`, format: 'file', mode: 'w', backend: 'qdisk' },
+      {
+        type: 'vbd',
+        vdev: 'xvda',
+        params: `/srv/shared/fault${domid}.img`,
+        format: 'file',
+        mode: 'w',
+        backend: 'qdisk',
+      },
       { type: 'vif', mac: `00:16:3e:00:00:${hex}` },
     ],
   };
@@ -60,14 +67,24 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
   let cfgPath: string;
 
   const startAgent = async (): Promise<AgentProcess> => {
-    const a = spawnAgent({ env: { ...process.env, ...sim.env }, configPath: cfgPath, logFile: agentLogPath(dir, ++agentRuns) });
+    const a = spawnAgent({
+      env: { ...process.env, ...sim.env },
+      configPath: cfgPath,
+      logFile: agentLogPath(dir, ++agentRuns),
+    });
     await waitAgentReady(xs, a.pid);
     return a;
   };
 
-  const state = async (domid: number): Promise<string | undefined> => xs.tryRead(`/tool/devmigrate/jobs/${domid}/state`);
+  const state = async (domid: number): Promise<string | undefined> =>
+    xs.tryRead(`/tool/devmigrate/jobs/${domid}/state`);
 
-  const waitState = (domid: number, pred: (s: string | undefined) => boolean, ms: number, what: string): Promise<void> =>
+  const waitState = (
+    domid: number,
+    pred: (s: string | undefined) => boolean,
+    ms: number,
+    what: string,
+  ): Promise<void> =>
     waitWatched(xs, `/tool/devmigrate/jobs/${domid}`, async () => pred(await state(domid)), ms, what);
 
   /** Running and not paused: what "left running at the source" means to the hypervisor. */
@@ -108,8 +125,16 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
     // (the harness still SIGKILLs its processes when this worker exits).
     await Promise.race([sim?.stop().catch(() => undefined), new Promise((r) => setTimeout(r, 15_000))]);
     console.log(`teardown: agent ${t1 - t0} ms, xs ${t2 - t1} ms, sim ${Date.now() - t2} ms`);
-    const rows = matrix.map((m) => `${m.fault.padEnd(34)} ${m.final.padEnd(9)} ${m.domain.padEnd(22)} ${m.verdict}`);
-    console.log(['fault matrix:', `${'fault'.padEnd(34)} ${'job'.padEnd(9)} ${'domain'.padEnd(22)} verdict`, ...rows].join('\n'));
+    const rows = matrix.map(
+      (m) => `${m.fault.padEnd(34)} ${m.final.padEnd(9)} ${m.domain.padEnd(22)} ${m.verdict}`,
+    );
+    console.log(
+      [
+        'fault matrix:',
+        `${'fault'.padEnd(34)} ${'job'.padEnd(9)} ${'domain'.padEnd(22)} verdict`,
+        ...rows,
+      ].join('\n'),
+    );
     await rm(dir, { recursive: true, force: true });
   }, 60_000);
 
@@ -119,11 +144,20 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
       await writeRequest(xs, domid, { id: newJobId(), target: 'host-b', mode: c.mode, suspend: 'agent' });
       await waitState(domid, (s) => s !== undefined, 10_000, 'accepted');
       for (const step of c.steps ?? []) {
-        const rest: Record<string, string> = { test: 'tested', 'pre-suspend': 'pre-suspended', 'post-suspend': 'post-suspended' };
+        const rest: Record<string, string> = {
+          test: 'tested',
+          'pre-suspend': 'pre-suspended',
+          'post-suspend': 'post-suspended',
+        };
         await writeControl(xs, domid, step);
         await waitState(domid, (s) => s === rest[step] || FINAL.includes(s ?? ''), 15_000, `step ${step}`);
       }
-      await waitState(domid, (s) => s === c.kill || (FINAL.includes(s ?? '') && c.kill !== 'done'), 20_000, c.kill);
+      await waitState(
+        domid,
+        (s) => s === c.kill || (FINAL.includes(s ?? '') && c.kill !== 'done'),
+        20_000,
+        c.kill,
+      );
       expect(await state(domid)).toBe(c.kill);
       agent?.child.kill('SIGKILL');
       await agent?.exited;
@@ -141,9 +175,18 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
       const final = (await state(domid)) ?? '?';
       const running = await domainRunning(domid);
       const d = await sim.harness.getDomain(domid);
-      const dom = running ? 'running' : d?.shutdown ? `shut down (reason ${d.shutdownReason})` : `paused ${d?.paused}`;
+      const dom = running
+        ? 'running'
+        : d?.shutdown
+          ? `shut down (reason ${d.shutdownReason})`
+          : `paused ${d?.paused}`;
       const ok = final === 'done' ? d?.shutdown === true && d.shutdownReason === 2 : running;
-      matrix.push({ fault: `agent SIGKILL at ${c.kill}`, final, domain: final === 'done' ? 'suspended, toolstack\'s turn' : dom, verdict: ok ? 'ok' : 'FAIL' });
+      matrix.push({
+        fault: `agent SIGKILL at ${c.kill}`,
+        final,
+        domain: final === 'done' ? "suspended, toolstack's turn" : dom,
+        verdict: ok ? 'ok' : 'FAIL',
+      });
       expect(ok, `final ${final}, domain ${dom}`).toBe(true);
       if (final === 'done') await sim.harness.destroyDomain(domid);
     }, 60_000);
@@ -154,7 +197,13 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
     await sim.harness.restart();
     await xs.close().catch(() => undefined);
     xs = await connectRetrying(sim.harness.socketPath);
-    await waitWatched(xs, '/tool/devmigrate/agent', async () => (await xs.tryRead('/tool/devmigrate/agent/state')) === 'ready', 20_000, 'presence back');
+    await waitWatched(
+      xs,
+      '/tool/devmigrate/agent',
+      async () => (await xs.tryRead('/tool/devmigrate/agent/state')) === 'ready',
+      20_000,
+      'presence back',
+    );
     // The restarted store is empty: lay the guest's nodes out again (a toolstack would re-create them).
     await writeNodes(xs, guestLayout(guest(20)));
     await writeRequest(xs, 20, { id: newJobId(), target: 'host-b', mode: 'steps', suspend: 'agent' });
@@ -162,7 +211,12 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
     await writeControl(xs, 20, 'test');
     await waitState(20, (s) => s === 'tested' || FINAL.includes(s ?? ''), 15_000, 'tested');
     const final = (await state(20)) ?? '?';
-    matrix.push({ fault: 'xenstored restart, agent idle', final, domain: (await domainRunning(20)) ? 'running' : 'NOT running', verdict: final === 'tested' ? 'ok' : 'FAIL' });
+    matrix.push({
+      fault: 'xenstored restart, agent idle',
+      final,
+      domain: (await domainRunning(20)) ? 'running' : 'NOT running',
+      verdict: final === 'tested' ? 'ok' : 'FAIL',
+    });
     expect(final).toBe('tested');
     await writeControl(xs, 20, 'abort');
     await waitState(20, (s) => FINAL.includes(s ?? ''), 15_000, 'aborted');
@@ -176,7 +230,13 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
     await sim.harness.restart();
     await xs.close().catch(() => undefined);
     xs = await connectRetrying(sim.harness.socketPath);
-    await waitWatched(xs, '/tool/devmigrate/agent', async () => (await xs.tryRead('/tool/devmigrate/agent/state')) === 'ready', 20_000, 'presence back');
+    await waitWatched(
+      xs,
+      '/tool/devmigrate/agent',
+      async () => (await xs.tryRead('/tool/devmigrate/agent/state')) === 'ready',
+      20_000,
+      'presence back',
+    );
     // The new store lost the job: the agent must not leave the guest suspended or paused, and a
     // job node it writes again must reach a final state.
     const end = Date.now() + 30_000;
@@ -189,7 +249,12 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
     }
     const running = await domainRunning(21);
     const ok = running && (final === undefined || FINAL.includes(final));
-    matrix.push({ fault: 'xenstored restart, job in pre-suspend', final: final ?? '(gone)', domain: running ? 'running' : 'NOT running', verdict: ok ? 'ok' : 'FAIL' });
+    matrix.push({
+      fault: 'xenstored restart, job in pre-suspend',
+      final: final ?? '(gone)',
+      domain: running ? 'running' : 'NOT running',
+      verdict: ok ? 'ok' : 'FAIL',
+    });
     expect(ok, `job ${final ?? '(gone)'}, running ${running}`).toBe(true);
     expect(agent?.child.exitCode).toBeNull();
   }, 90_000);

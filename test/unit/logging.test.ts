@@ -76,7 +76,15 @@ describe('human and JSON lines', () => {
     jobLogger(log, { domid: 7, job: 'x', phase: 'sync', device: 'vif/0' }).warn('slow', { ms: 12 });
     await flush();
     const rec = JSON.parse(cap.lines[0] ?? '') as Record<string, unknown>;
-    expect(rec).toMatchObject({ level: 'warn', msg: 'slow', domid: 7, job: 'x', phase: 'sync', device: 'vif/0', ms: 12 });
+    expect(rec).toMatchObject({
+      level: 'warn',
+      msg: 'slow',
+      domid: 7,
+      job: 'x',
+      phase: 'sync',
+      device: 'vif/0',
+      ms: 12,
+    });
     expect(typeof rec['time']).toBe('string');
   });
 });

@@ -12,14 +12,24 @@ import type { XenStore } from '../../xenstore/types.js';
 import type { HostDescription } from '../../../xen-mocks/sim-host.js';
 import { CliError, ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { println, type CliContext } from '../context.js';
-import { isFinal, newJobId, readJob, removeJob, waitForJob, writeRequest, type JobView } from '../job-client.js';
+import {
+  isFinal,
+  newJobId,
+  readJob,
+  removeJob,
+  waitForJob,
+  writeRequest,
+  type JobView,
+} from '../job-client.js';
 import { deviceLines, ProgressDisplay } from '../render.js';
 import { cliEntry, startSim, type RunningSim } from './sim-serve.js';
 
 export const DEMO_TARGET = 'host-b.example.org';
 
 /** Three guests, one per scene. Device paths under /srv/shared/ count as shared storage. */
-export function demoHost(): HostDescription & { guests: (HostDescription['guests'][number] & { simMode?: string })[] } {
+export function demoHost(): HostDescription & {
+  guests: (HostDescription['guests'][number] & { simMode?: string })[];
+} {
   return {
     dom0: { name: 'Domain-0' },
     guests: [
@@ -30,8 +40,22 @@ export function demoHost(): HostDescription & { guests: (HostDescription['guests
         memoryKb: 524288,
         vcpus: 2,
         devices: [
-          { type: 'vbd', vdev: 'xvda', params: '/srv/shared/web01-root.img', format: 'file', mode: 'w', backend: 'qdisk' },
-          { type: 'vbd', vdev: 'xvdb', params: '/srv/shared/web01-data.img', format: 'file', mode: 'w', backend: 'qdisk' },
+          {
+            type: 'vbd',
+            vdev: 'xvda',
+            params: '/srv/shared/web01-root.img',
+            format: 'file',
+            mode: 'w',
+            backend: 'qdisk',
+          },
+          {
+            type: 'vbd',
+            vdev: 'xvdb',
+            params: '/srv/shared/web01-data.img',
+            format: 'file',
+            mode: 'w',
+            backend: 'qdisk',
+          },
           { type: 'vif', mac: '00:16:3e:5a:01:01', bridge: 'xenbr0' },
           { type: 'vif', devid: 1, mac: '00:16:3e:5a:01:02', bridge: 'xenbr1' },
           { type: 'console' },
@@ -42,7 +66,14 @@ export function demoHost(): HostDescription & { guests: (HostDescription['guests
         name: 'vault01',
         uuid: '0b9e2d44-1c7f-4e36-8a5d-7f3c2b1e4d02',
         devices: [
-          { type: 'vbd', vdev: 'xvda', params: '/srv/shared/vault01.img', format: 'file', mode: 'w', backend: 'qdisk' },
+          {
+            type: 'vbd',
+            vdev: 'xvda',
+            params: '/srv/shared/vault01.img',
+            format: 'file',
+            mode: 'w',
+            backend: 'qdisk',
+          },
           { type: 'vif', mac: '00:16:3e:5a:02:01' },
           { type: 'vtpm', uuid: '3d5b7e11-9a2c-4f80-b6d4-1e2f3a4b5c03' },
         ],
@@ -53,7 +84,14 @@ export function demoHost(): HostDescription & { guests: (HostDescription['guests
         uuid: '9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c04',
         simMode: 'never-ack',
         devices: [
-          { type: 'vbd', vdev: 'xvda', params: '/srv/shared/stubborn01.img', format: 'file', mode: 'w', backend: 'qdisk' },
+          {
+            type: 'vbd',
+            vdev: 'xvda',
+            params: '/srv/shared/stubborn01.img',
+            format: 'file',
+            mode: 'w',
+            backend: 'qdisk',
+          },
           { type: 'vif', mac: '00:16:3e:5a:03:01' },
         ],
       },
@@ -89,17 +127,25 @@ async function waitAgentReady(xs: XenStore, agent: ChildProcess, timeoutMs: numb
       if (err) reject(err);
       else resolveReady();
     };
-    const onExit = (code: number | null): void => finish(new CliError(`the agent exited during start (code ${code})`, ExitCode.FAILURE));
+    const onExit = (code: number | null): void =>
+      finish(new CliError(`the agent exited during start (code ${code})`, ExitCode.FAILURE));
     agent.on('exit', onExit);
-    const timer = setTimeout(() => finish(new CliError('the agent did not become ready', ExitCode.TIMEOUT)), Math.max(0, end - Date.now()));
+    const timer = setTimeout(
+      () => finish(new CliError('the agent did not become ready', ExitCode.TIMEOUT)),
+      Math.max(0, end - Date.now()),
+    );
     void xs
       .watch('/tool/devmigrate/agent/state', {
         onEvent: () =>
           void xs.tryRead('/tool/devmigrate/agent/pid').then(async (pid) => {
-            if (pid === String(agent.pid) && (await xs.tryRead('/tool/devmigrate/agent/state')) === 'ready') finish();
+            if (pid === String(agent.pid) && (await xs.tryRead('/tool/devmigrate/agent/state')) === 'ready')
+              finish();
           }),
       })
-      .then((w) => (watchClose = () => w.close()), (e: unknown) => finish(e instanceof Error ? e : new Error(String(e))));
+      .then(
+        (w) => (watchClose = () => w.close()),
+        (e: unknown) => finish(e instanceof Error ? e : new Error(String(e))),
+      );
   });
 }
 
@@ -140,9 +186,21 @@ export async function demoCommand(ctx: CliContext, args: { dir?: string }): Prom
     say(`  agent pid ${agent.pid} ready in ${Date.now() - t0} ms (log: ${join(dir, 'agent.log')})`);
 
     const scenes: Scene[] = [
-      { title: `1. migrate web01 to ${DEMO_TARGET} (2 disks on shared storage, 2 NICs, console)`, domid: 1, expect: 'done' },
-      { title: '2. migrate vault01: it has a vTPM and no vTPM migration tool is configured', domid: 2, expect: 'refused' },
-      { title: '3. migrate stubborn01: its kernel never answers the suspend request', domid: 3, expect: 'failed' },
+      {
+        title: `1. migrate web01 to ${DEMO_TARGET} (2 disks on shared storage, 2 NICs, console)`,
+        domid: 1,
+        expect: 'done',
+      },
+      {
+        title: '2. migrate vault01: it has a vTPM and no vTPM migration tool is configured',
+        domid: 2,
+        expect: 'refused',
+      },
+      {
+        title: '3. migrate stubborn01: its kernel never answers the suspend request',
+        domid: 3,
+        expect: 'failed',
+      },
     ];
     for (const sc of scenes) {
       say();
@@ -155,13 +213,21 @@ export async function demoCommand(ctx: CliContext, args: { dir?: string }): Prom
       const matched = got === sc.expect && (sc.expect !== 'failed' || recovered);
       if (!matched) ok = false;
       const meaning =
-        got === 'done' ? 'migrated' : got === 'refused' ? 'refused, nothing was changed' : recovered ? 'aborted: devices recovered' : got;
+        got === 'done'
+          ? 'migrated'
+          : got === 'refused'
+            ? 'refused, nothing was changed'
+            : recovered
+              ? 'aborted: devices recovered'
+              : got;
       say(`  => ${meaning} (job state ${got})${matched ? '' : ` -- expected ${sc.expect}`}`);
       if (sc.expect === 'done' && matched) {
         // The toolstack's part: xl would now send the last memory pages, start the guest on the
         // destination and destroy it here. The simulation does the last step.
         await sim.harness.destroyDomain(sc.domid);
-        say(`  web01 has left this host (the toolstack finished the move; here it is destroyed at the source)`);
+        say(
+          `  web01 has left this host (the toolstack finished the move; here it is destroyed at the source)`,
+        );
       }
       if (sc.expect !== 'done') {
         const d = await sim.harness.getDomain(sc.domid);
@@ -176,7 +242,11 @@ export async function demoCommand(ctx: CliContext, args: { dir?: string }): Prom
     agent = undefined;
     say(`agent stopped (exit ${code})`);
     if (code !== 0) ok = false;
-    say(ok ? 'demo finished: every scene ended as expected' : 'demo finished: some scene did NOT end as expected');
+    say(
+      ok
+        ? 'demo finished: every scene ended as expected'
+        : 'demo finished: some scene did NOT end as expected',
+    );
     return ok ? ExitCode.OK : ExitCode.FAILURE;
   } finally {
     if (agent) await stopAgent(agent, 45_000).catch(() => undefined);
@@ -198,7 +268,13 @@ async function runScene(ctx: CliContext, xs: XenStore, sc: Scene): Promise<JobVi
   await writeRequest(xs, sc.domid, { id: newJobId(), target: DEMO_TARGET, mode: 'auto', suspend: 'agent' });
   const display = new ProgressDisplay(ctx.out, true);
   try {
-    return await waitForJob(xs, sc.domid, (j) => isFinal(j?.state), 60_000, (j) => display.update(j));
+    return await waitForJob(
+      xs,
+      sc.domid,
+      (j) => isFinal(j?.state),
+      60_000,
+      (j) => display.update(j),
+    );
   } catch (err) {
     if (err instanceof CliError && err.code === ExitCode.TIMEOUT) return readJob(xs, sc.domid);
     throw err;

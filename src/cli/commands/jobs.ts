@@ -47,7 +47,10 @@ export async function statusCommand(
       const jobs = await listJobs(xs);
       if (ctx.json) printJson(ctx, { agent, jobs });
       else {
-        println(ctx, `agent: ${agent.alive ? `running (pid ${agent.pid})` : `not running (${agent.state ?? 'never started'})`}`);
+        println(
+          ctx,
+          `agent: ${agent.alive ? `running (pid ${agent.pid})` : `not running (${agent.state ?? 'never started'})`}`,
+        );
         if (jobs.length === 0) println(ctx, 'no jobs');
         for (const j of jobs) printJob(ctx, j);
       }
@@ -79,7 +82,10 @@ export async function statusCommand(
   });
 }
 
-export async function abortCommand(ctx: CliContext, args: { domain: string; timeoutMs: number }): Promise<ExitCodeValue> {
+export async function abortCommand(
+  ctx: CliContext,
+  args: { domain: string; timeoutMs: number },
+): Promise<ExitCodeValue> {
   return withXenStore(ctx, async (xs) => {
     const dom = await resolveDomain(xs, args.domain);
     const before = await readJob(xs, dom.domid);
@@ -121,7 +127,10 @@ export async function stepCommand(
   args: { domain: string; step: string; host?: string; timeoutMs: number },
 ): Promise<ExitCodeValue> {
   if (!isControl(args.step)) {
-    throw new CliError(`unknown step ${JSON.stringify(args.step)} (one of ${[...STEPS, 'recover', 'abort'].join(', ')})`, ExitCode.USAGE);
+    throw new CliError(
+      `unknown step ${JSON.stringify(args.step)} (one of ${[...STEPS, 'recover', 'abort'].join(', ')})`,
+      ExitCode.USAGE,
+    );
   }
   const step = args.step;
   return withXenStore(ctx, async (xs) => {
@@ -131,13 +140,26 @@ export async function stepCommand(
     let job = await readJob(xs, dom.domid);
     if (!job || isFinal(job.state)) {
       // xend-style: the first step of a new migration names the destination.
-      if (step !== 'test') throw new CliError(`domain ${dom.name} has no steps job: start with \`step ${args.domain} test --host H\``, ExitCode.USAGE);
-      if (args.host === undefined) throw new CliError('the first step needs --host <destination>', ExitCode.USAGE);
+      if (step !== 'test')
+        throw new CliError(
+          `domain ${dom.name} has no steps job: start with \`step ${args.domain} test --host H\``,
+          ExitCode.USAGE,
+        );
+      if (args.host === undefined)
+        throw new CliError('the first step needs --host <destination>', ExitCode.USAGE);
       checkTarget(args.host);
-      await writeRequest(xs, dom.domid, { id: newJobId(), target: args.host, mode: 'steps', suspend: 'agent' });
+      await writeRequest(xs, dom.domid, {
+        id: newJobId(),
+        target: args.host,
+        mode: 'steps',
+        suspend: 'agent',
+      });
       job = await waitForJob(xs, dom.domid, (j) => j?.state !== undefined, args.timeoutMs);
     } else if (job.mode !== 'steps' && step !== 'abort' && step !== 'recover') {
-      throw new CliError(`the job of ${dom.name} runs in ${job.mode ?? '?'} mode; steps are for mode=steps jobs`, ExitCode.BUSY);
+      throw new CliError(
+        `the job of ${dom.name} runs in ${job.mode ?? '?'} mode; steps are for mode=steps jobs`,
+        ExitCode.BUSY,
+      );
     }
     if (job?.state === 'refused' || job?.state === 'failed') {
       if (ctx.json) printJson(ctx, job);
@@ -150,7 +172,10 @@ export async function stepCommand(
     const end = await waitForJob(
       xs,
       dom.domid,
-      (j) => (j?.state !== undefined && rest.includes(j.state)) || ['refused', 'aborted', 'failed'].includes(j?.state ?? '') || j?.controlError !== undefined,
+      (j) =>
+        (j?.state !== undefined && rest.includes(j.state)) ||
+        ['refused', 'aborted', 'failed'].includes(j?.state ?? '') ||
+        j?.controlError !== undefined,
       args.timeoutMs,
       (j) => display.update(j),
     );
@@ -193,9 +218,20 @@ export async function checkCommand(
       await removeJob(xs, dom.domid);
     }
     const verdict = job?.state === 'tested' ? 'accepted' : 'refused';
-    if (ctx.json) printJson(ctx, { domid: dom.domid, name: dom.name, target: host, verdict, error: job?.error, devices: job?.devices ?? [] });
+    if (ctx.json)
+      printJson(ctx, {
+        domid: dom.domid,
+        name: dom.name,
+        target: host,
+        verdict,
+        error: job?.error,
+        devices: job?.devices ?? [],
+      });
     else {
-      println(ctx, `${dom.name} (id ${dom.domid}) -> ${host}: ${verdict === 'accepted' ? 'can migrate' : 'REFUSED'}`);
+      println(
+        ctx,
+        `${dom.name} (id ${dom.domid}) -> ${host}: ${verdict === 'accepted' ? 'can migrate' : 'REFUSED'}`,
+      );
       if (job?.error) println(ctx, `  ${job.error}`);
       for (const l of job ? deviceLines(job) : []) println(ctx, l);
     }

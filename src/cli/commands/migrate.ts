@@ -95,9 +95,23 @@ export async function migrateCommand(ctx: CliContext, args: MigrateArgs): Promis
       display.end();
       if (!ctx.json) println(ctx, l);
     };
-    const finish = async (code: ExitCodeValue, job: JobView | undefined, msg: string, hints: string[] = []): Promise<ExitCodeValue> => {
+    const finish = async (
+      code: ExitCodeValue,
+      job: JobView | undefined,
+      msg: string,
+      hints: string[] = [],
+    ): Promise<ExitCodeValue> => {
       display.end();
-      if (ctx.json) printJson(ctx, { domid: dom.domid, name: dom.name, target: args.host, result: msg, exit: code, job: job ?? null, hints });
+      if (ctx.json)
+        printJson(ctx, {
+          domid: dom.domid,
+          name: dom.name,
+          target: args.host,
+          result: msg,
+          exit: code,
+          job: job ?? null,
+          hints,
+        });
       else {
         if (job) for (const l of jobSummary(job)) println(ctx, l);
         println(ctx, msg);
@@ -118,10 +132,20 @@ export async function migrateCommand(ctx: CliContext, args: MigrateArgs): Promis
     const onChange = (j: JobView | undefined): void => display.update(j);
 
     // 1. test + pre-suspend; the agent then waits to see the toolstack suspend the domain.
-    const ready = await waitForJob(xs, dom.domid, (j) => j?.state === 'suspending' || isFinal(j?.state), args.timeoutMs, onChange);
+    const ready = await waitForJob(
+      xs,
+      dom.domid,
+      (j) => j?.state === 'suspending' || isFinal(j?.state),
+      args.timeoutMs,
+      onChange,
+    );
     if (ready?.state !== 'suspending') {
       const code = ready?.state === 'refused' ? ExitCode.REFUSED : ExitCode.ABORTED;
-      return finish(code, ready, `not migrated: the job ended in state ${ready?.state ?? '?'}; ${dom.name} keeps running here`);
+      return finish(
+        code,
+        ready,
+        `not migrated: the job ended in state ${ready?.state ?? '?'}; ${dom.name} keeps running here`,
+      );
     }
 
     // 2. xl migrate -p: xl suspends the guest (the agent sees it and runs post-suspend meanwhile).
@@ -131,32 +155,48 @@ export async function migrateCommand(ctx: CliContext, args: MigrateArgs): Promis
     if (xl.code !== 0) return afterXlFailure(xs, ctx, args, dom, xl, finish, onChange);
 
     // 3. wait for sync, then unpause at the destination.
-    const end = await waitForJob(xs, dom.domid, (j) => isFinal(j?.state) || j === undefined, args.timeoutMs, onChange).catch(
-      (err: unknown) => {
-        if (err instanceof CliError && err.code === ExitCode.TIMEOUT) return readJob(xs, dom.domid);
-        throw err;
-      },
-    );
+    const end = await waitForJob(
+      xs,
+      dom.domid,
+      (j) => isFinal(j?.state) || j === undefined,
+      args.timeoutMs,
+      onChange,
+    ).catch((err: unknown) => {
+      if (err instanceof CliError && err.code === ExitCode.TIMEOUT) return readJob(xs, dom.domid);
+      throw err;
+    });
     if (end?.state !== 'done') {
-      return finish(ExitCode.UNCERTAIN, end, `UNCERTAIN: xl moved ${dom.name} to ${args.host} (left paused there) but the devices did not sync (state ${end?.state ?? 'unknown'})`, [
-        `on ${args.host}: \`xl list ${dom.name}\` shows the guest paused; do NOT unpause it until its disks are verified`,
-        `on this host: \`devmigrate status ${dom.domid}\` and the agent log (journalctl -u xen-devmigrate) name the failing device`,
-      ]);
+      return finish(
+        ExitCode.UNCERTAIN,
+        end,
+        `UNCERTAIN: xl moved ${dom.name} to ${args.host} (left paused there) but the devices did not sync (state ${end?.state ?? 'unknown'})`,
+        [
+          `on ${args.host}: \`xl list ${dom.name}\` shows the guest paused; do NOT unpause it until its disks are verified`,
+          `on this host: \`devmigrate status ${dom.domid}\` and the agent log (journalctl -u xen-devmigrate) name the failing device`,
+        ],
+      );
     }
     const unpause = [...expand(args.unpauseCommand, args.host), dom.name];
     say(`devices synced; unpausing at the destination: ${unpause.join(' ')}`);
     const up = await run(unpause, 60_000);
     if (up.code !== 0) {
-      return finish(ExitCode.UNCERTAIN, end, `UNCERTAIN: ${dom.name} migrated and synced but is still PAUSED on ${args.host}`, [
-        `on ${args.host}: xl unpause ${dom.name}`,
-        ...lastLines(up.output).map((l) => `unpause said: ${l}`),
-      ]);
+      return finish(
+        ExitCode.UNCERTAIN,
+        end,
+        `UNCERTAIN: ${dom.name} migrated and synced but is still PAUSED on ${args.host}`,
+        [`on ${args.host}: xl unpause ${dom.name}`, ...lastLines(up.output).map((l) => `unpause said: ${l}`)],
+      );
     }
     return finish(ExitCode.OK, end, `migrated ${dom.name} to ${args.host}; it is running there`);
   });
 }
 
-type Finish = (code: ExitCodeValue, job: JobView | undefined, msg: string, hints?: string[]) => Promise<ExitCodeValue>;
+type Finish = (
+  code: ExitCodeValue,
+  job: JobView | undefined,
+  msg: string,
+  hints?: string[],
+) => Promise<ExitCodeValue>;
 
 async function afterXlFailure(
   xs: XenStore,
@@ -171,17 +211,31 @@ async function afterXlFailure(
   // Abort the job: the agent recovers the devices; xl itself resumes a guest it suspended.
   const now = await readJob(xs, dom.domid);
   if (now && !isFinal(now.state)) await writeControl(xs, dom.domid, 'abort').catch(() => undefined);
-  const end = await waitForJob(xs, dom.domid, (j) => j === undefined || (isFinal(j.state) && j.state !== 'done'), 120_000, onChange).catch(
-    () => readJob(xs, dom.domid),
-  );
+  const end = await waitForJob(
+    xs,
+    dom.domid,
+    (j) => j === undefined || (isFinal(j.state) && j.state !== 'done'),
+    120_000,
+    onChange,
+  ).catch(() => readJob(xs, dom.domid));
   const stillHere = (await xs.tryRead(`/local/domain/${dom.domid}/name`)) === dom.name;
   if (stillHere && end?.state === 'aborted') {
-    return finish(ExitCode.ABORTED, end, `aborted: xl migrate failed (exit ${xl.code ?? xl.signal}); ${dom.name} is running here`, said);
+    return finish(
+      ExitCode.ABORTED,
+      end,
+      `aborted: xl migrate failed (exit ${xl.code ?? xl.signal}); ${dom.name} is running here`,
+      said,
+    );
   }
-  return finish(ExitCode.UNCERTAIN, end, `UNCERTAIN: xl migrate failed (exit ${xl.code ?? xl.signal}) and the state of ${dom.name} is not clear`, [
-    stillHere
-      ? `on this host: \`xl list ${dom.name}\` (is it paused or shut down?) and \`devmigrate status ${dom.domid}\``
-      : `${dom.name} is no longer on this host: on ${args.host}, \`xl list ${dom.name}\``,
-    ...said,
-  ]);
+  return finish(
+    ExitCode.UNCERTAIN,
+    end,
+    `UNCERTAIN: xl migrate failed (exit ${xl.code ?? xl.signal}) and the state of ${dom.name} is not clear`,
+    [
+      stillHere
+        ? `on this host: \`xl list ${dom.name}\` (is it paused or shut down?) and \`devmigrate status ${dom.domid}\``
+        : `${dom.name} is no longer on this host: on ${args.host}, \`xl list ${dom.name}\``,
+      ...said,
+    ],
+  );
 }

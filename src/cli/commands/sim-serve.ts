@@ -5,7 +5,12 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startXenstored, type XenstoredHarness } from '../../../xen-mocks/harness.js';
-import { createSimHost, loadHostDescription, type HostDescription, type SimHost } from '../../../xen-mocks/sim-host.js';
+import {
+  createSimHost,
+  loadHostDescription,
+  type HostDescription,
+  type SimHost,
+} from '../../../xen-mocks/sim-host.js';
 import { SIM_GUEST_MODES, type SimGuest, type SimGuestMode } from '../../../xen-mocks/sim-guest.js';
 import { mocksDir } from '../../../xen-mocks/paths.js';
 import { SIM_FILES, type SimEnv } from '../sim-files.js';
@@ -38,7 +43,12 @@ export interface RunningSim {
 }
 
 /** Starts xenstored + host + guest kernels in this process (the demo uses it directly too). */
-export async function startSim(opts: { dir?: string; hostFile?: string; desc?: HostDescription; log?: (m: string) => void }): Promise<RunningSim> {
+export async function startSim(opts: {
+  dir?: string;
+  hostFile?: string;
+  desc?: HostDescription;
+  log?: (m: string) => void;
+}): Promise<RunningSim> {
   const desc = opts.desc ?? (await loadHostDescription(opts.hostFile ?? defaultHostFile()));
   const harness = await startXenstored(opts.dir !== undefined ? { dir: opts.dir } : {});
   const guests: SimGuest[] = [];
@@ -48,7 +58,8 @@ export async function startSim(opts: { dir?: string; hostFile?: string; desc?: H
     for (const g of desc.guests as (HostDescription['guests'][number] & SimGuestExtras)[]) {
       if (g.simBoot === false) continue;
       const mode = g.simMode ?? 'normal';
-      if (!SIM_GUEST_MODES.includes(mode)) throw new Error(`guest ${g.name}: unknown simMode ${JSON.stringify(mode)}`);
+      if (!SIM_GUEST_MODES.includes(mode))
+        throw new Error(`guest ${g.name}: unknown simMode ${JSON.stringify(mode)}`);
       guests.push(await host.guest(g.domid).boot({ mode, log: opts.log }));
     }
   } catch (err) {
@@ -84,7 +95,9 @@ export async function simServe(args: { dir: string; host?: string }): Promise<nu
   }
   await writeFile(join(dir, SIM_FILES.env), `${JSON.stringify(sim.env, null, 1)}\n`);
   await writeFile(join(dir, SIM_FILES.ready), `${new Date().toISOString()}\n`);
-  log(`simulated host up: ${sim.desc.guests.map((g) => `${g.name}(${g.domid})`).join(' ')}; xenstored pid ${sim.harness.pid}`);
+  log(
+    `simulated host up: ${sim.desc.guests.map((g) => `${g.name}(${g.domid})`).join(' ')}; xenstored pid ${sim.harness.pid}`,
+  );
   const sig = await new Promise<string>((res) => {
     process.once('SIGTERM', () => res('SIGTERM'));
     process.once('SIGINT', () => res('SIGINT'));

@@ -51,12 +51,15 @@ export async function simUpCommand(
   await mkdir(dir, { recursive: true });
   const old = readSimPid(dir);
   if (old !== undefined && pidAlive(old)) {
-    throw new CliError(`a simulated host already runs in ${dir} (pid ${old})`, ExitCode.BUSY, [`stop it: devmigrate sim down --dir ${dir}`]);
+    throw new CliError(`a simulated host already runs in ${dir} (pid ${old})`, ExitCode.BUSY, [
+      `stop it: devmigrate sim down --dir ${dir}`,
+    ]);
   }
   await rm(resolve(dir, SIM_FILES.env), { force: true });
   await rm(resolve(dir, SIM_FILES.ready), { force: true });
   const script = process.argv[1];
-  if (script === undefined) throw new CliError('cannot find the devmigrate program to start', ExitCode.SOFTWARE);
+  if (script === undefined)
+    throw new CliError('cannot find the devmigrate program to start', ExitCode.SOFTWARE);
   const log = openSync(resolve(dir, SIM_FILES.log), 'w');
   const argv = [script, 'sim', 'serve', '--dir', dir];
   if (args.host !== undefined) argv.push('--host', resolve(args.host));
@@ -69,7 +72,11 @@ export async function simUpCommand(
   const deadline = Date.now() + (args.timeoutMs ?? 60_000);
   while (!existsSync(resolve(dir, SIM_FILES.ready))) {
     if (exited !== undefined) {
-      throw new CliError(`the simulated host exited during start (code ${exited})`, ExitCode.FAILURE, logTail(dir));
+      throw new CliError(
+        `the simulated host exited during start (code ${exited})`,
+        ExitCode.FAILURE,
+        logTail(dir),
+      );
     }
     if (Date.now() > deadline) {
       try {
@@ -92,7 +99,10 @@ export async function simUpCommand(
   return ExitCode.OK;
 }
 
-export async function simDownCommand(ctx: CliContext, args: { dir: string; timeoutMs?: number }): Promise<ExitCodeValue> {
+export async function simDownCommand(
+  ctx: CliContext,
+  args: { dir: string; timeoutMs?: number },
+): Promise<ExitCodeValue> {
   const dir = resolve(args.dir);
   const pid = readSimPid(dir);
   if (pid === undefined || !pidAlive(pid)) {
