@@ -19,28 +19,22 @@ import {
   type NativePointer,
   type OutUint,
 } from '../../native-bindings/libxenstore.js';
-import { XenStoreDisconnectedError, XenStoreError, XenStoreInputError, isXsErrno } from './errors.js';
+import { XenStoreDisconnectedError, XenStoreInputError } from './errors.js';
 import { XsHandle } from './ffi-handle.js';
+import { XsOpsBase } from './ops-base.js';
 import {
   validateDomid,
   validateMfn,
-  validatePath,
   validateToken,
   validateU32,
   validateValue,
   validateWatchPath,
 } from './paths.js';
 import { formatPerms } from './perms.js';
-import type {
-  Access,
-  Perm,
-  TransactionOptions,
-  Watch,
-  WatchEvent,
-  WatchOptions,
-  XenStore,
-  XsOps,
-} from './types.js';
+import { runTransaction, type TransactionCalls, type TransactionHandle } from './transaction-retry.js';
+import type { Access, Perm, TransactionOptions, Watch, WatchOptions, XenStore, XsOps } from './types.js';
+import { QueuedWatch, type WatchOwner } from './watch-queue.js';
+import { WatchRegistry, ignoreWatchGone, nextWatchToken } from './watch-registry.js';
 
 export interface FfiXenStoreOptions {
   /** Socket or device (e.g. /dev/xen/xenbus); default: libxenstore's discovery (XENSTORED_PATH...). */
@@ -61,7 +55,6 @@ const ACCESS_BITS: Record<Access, number> = { n: 0, r: 1, w: 2, b: 3 };
 const BITS_ACCESS: readonly Access[] = ['n', 'r', 'w', 'b'];
 /** Token of the watch close() registers to wake a blocked xs_read_watch on a device. */
 const WAKE_TOKEN_PREFIX = 'devmigrate-ffi-wake-';
-let tokenCounter = 0;
 
 /** Copies a libxenstore string array (char ** in one malloc'ed block) and frees the block. */
 function takeStrings(lib: LibXenStore, p: NativePointer, n: number): string[] {
@@ -91,17 +84,13 @@ const isTrue = (r: boolean): boolean => r;
 const toVoid = (): void => undefined;
 
 /** Operations bound to one transaction id (0: none). */
-class FfiOps implements XsOps {
-  protected ended = false;
-
+class FfiOps extends XsOpsBase implements TransactionHandle {
   constructor(
     protected readonly lib: LibXenStore,
     protected readonly h: XsHandle,
     readonly txId: number,
-  ) {}
-
-  protected check(): void {
-    if (this.ended) throw new XenStoreInputError('transaction handle used after the transaction ended', 'tx');
+  ) {
+    super();
   }
 
   end(): void {
@@ -120,8 +109,7 @@ class FfiOps implements XsOps {
 
   private readAs<T>(path: string, as: (b: Buffer) => T): Promise<T> {
     try {
-      this.check();
-      validatePath(path);
+      this.checkPath(path);
     } catch (err) {
       return Promise.reject(err as Error);
     }
@@ -131,20 +119,10 @@ class FfiOps implements XsOps {
     );
   }
 
-  async tryRead(path: string): Promise<string | undefined> {
-    try {
-      return await this.readString(path);
-    } catch (err) {
-      if (isXsErrno(err, 'ENOENT')) return undefined;
-      throw err;
-    }
-  }
-
   write(path: string, value: Buffer | string): Promise<void> {
     let bytes: Buffer;
     try {
-      this.check();
-      validatePath(path);
+      this.checkPath(path);
       bytes = validateValue(path, value);
     } catch (err) {
       return Promise.reject(err as Error);
@@ -160,21 +138,18 @@ class FfiOps implements XsOps {
   }
 
   async mkdir(path: string): Promise<void> {
-    this.check();
-    validatePath(path);
+    this.checkPath(path);
     await this.h.run('mkdir', path, this.lib.xs_mkdir, [this.h.ptr, this.txId, path], isTrue, toVoid);
   }
 
   async rm(path: string): Promise<void> {
-    this.check();
-    validatePath(path);
+    this.checkPath(path);
     await this.h.run('rm', path, this.lib.xs_rm, [this.h.ptr, this.txId, path], isTrue, toVoid);
   }
 
   /** xs_directory() itself falls back to DIRECTORY_PART when the list is too big (E2BIG). */
   async directory(path: string): Promise<string[]> {
-    this.check();
-    validatePath(path);
+    this.checkPath(path);
     const num: OutUint = [0];
     return this.h.run(
       'directory',
@@ -186,19 +161,8 @@ class FfiOps implements XsOps {
     );
   }
 
-  async exists(path: string): Promise<boolean> {
-    try {
-      await this.read(path);
-      return true;
-    } catch (err) {
-      if (isXsErrno(err, 'ENOENT')) return false;
-      throw err;
-    }
-  }
-
   async getPerms(path: string): Promise<Perm[]> {
-    this.check();
-    validatePath(path);
+    this.checkPath(path);
     const num: OutUint = [0];
     return this.h.run(
       'getPerms',
@@ -218,8 +182,7 @@ class FfiOps implements XsOps {
   }
 
   async setPerms(path: string, perms: readonly Perm[]): Promise<void> {
-    this.check();
-    validatePath(path);
+    this.checkPath(path);
     formatPerms(perms); // validates every entry
     const structs = perms.map((p) => ({ id: p.domid, perms: ACCESS_BITS[p.access] }));
     await this.h.run(
@@ -233,109 +196,16 @@ class FfiOps implements XsOps {
   }
 }
 
-/** A registered watch: events go to onEvent and/or a queue read by async iteration. */
-class FfiWatch implements Watch {
-  private readonly queue: WatchEvent[] = [];
-  private waiter:
-    { resolve: (r: IteratorResult<WatchEvent>) => void; reject: (e: Error) => void } | undefined;
-  private error: Error | undefined;
-  private closed = false;
-  private iterating = false;
-
-  constructor(
-    private readonly client: FfiXenStore,
-    readonly path: string,
-    readonly token: string,
-    private readonly onEvent: ((ev: WatchEvent) => void) | undefined,
-    private readonly onError: ((err: Error) => void) | undefined,
-  ) {}
-
-  /** The event path is this watch's path or below it (special "@" paths: exact match). */
-  matches(eventPath: string): boolean {
-    const p = this.path;
-    if (eventPath === p) return true;
-    if (p.startsWith('@')) return false;
-    if (p === '/') return eventPath.startsWith('/');
-    return eventPath.startsWith(p) && eventPath.charCodeAt(p.length) === 0x2f;
-  }
-
-  deliver(ev: WatchEvent): void {
-    if (this.closed) return;
-    if (this.onEvent) {
-      try {
-        this.onEvent(ev);
-      } catch {
-        // A throwing callback must not stop the event loop that serves every other watch.
-      }
-      if (!this.iterating) return;
-    }
-    const w = this.waiter;
-    if (w) {
-      this.waiter = undefined;
-      w.resolve({ value: ev, done: false });
-    } else this.queue.push(ev);
-  }
-
-  kill(err: Error): void {
-    if (this.closed || this.error) return;
-    this.error = err;
-    const w = this.waiter;
-    if (w) {
-      this.waiter = undefined;
-      w.reject(err);
-    }
-    try {
-      this.onError?.(err);
-    } catch {
-      // Same reason as in deliver().
-    }
-  }
-
-  finish(): void {
-    if (this.closed) return;
-    this.closed = true;
-    const w = this.waiter;
-    if (w) {
-      this.waiter = undefined;
-      w.resolve({ value: undefined, done: true });
-    }
-    this.queue.length = 0;
-  }
-
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.finish();
-    await this.client.unregister(this);
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<WatchEvent> {
-    this.iterating = true;
-    return {
-      next: (): Promise<IteratorResult<WatchEvent>> => {
-        const ev = this.queue.shift();
-        if (ev !== undefined) return Promise.resolve({ value: ev, done: false });
-        if (this.closed) return Promise.resolve({ value: undefined, done: true });
-        if (this.error) return Promise.reject(this.error);
-        return new Promise((resolve, reject) => {
-          this.waiter = { resolve, reject };
-        });
-      },
-      return: async (): Promise<IteratorResult<WatchEvent>> => {
-        await this.close();
-        return { value: undefined, done: true };
-      },
-    };
-  }
-}
-
-export class FfiXenStore extends FfiOps implements XenStore {
-  private readonly watches = new Map<string, FfiWatch[]>();
+export class FfiXenStore extends FfiOps implements XenStore, WatchOwner {
+  private readonly watches = new WatchRegistry();
   private watchHandle: Promise<XsHandle> | undefined;
   /** The watch handle whose xs_read_watch loop is running (a retired one's loop just ends). */
   private pumpFor: XsHandle | undefined;
   private closing = false;
   private lostError: Error | undefined;
   private readonly disconnectCbs = new Set<(err: Error) => void>();
+  /** The three calls runTransaction() needs, bound once to the request handle. */
+  private readonly txCalls: TransactionCalls;
 
   /** Use openFfiXenStore(). */
   constructor(
@@ -345,6 +215,28 @@ export class FfiXenStore extends FfiOps implements XenStore {
       FfiXenStoreOptions,
   ) {
     super(lib, h, 0);
+    this.txCalls = {
+      start: () =>
+        h.run(
+          'transaction_start',
+          undefined,
+          lib.xs_transaction_start,
+          [h.ptr],
+          (id: number) => id !== 0,
+          (id: number) => id,
+        ),
+      bind: (txId) => new FfiOps(lib, h, txId),
+      end: async (txId, commit) => {
+        await h.run(
+          commit ? 'transaction_commit' : 'transaction_abort',
+          undefined,
+          lib.xs_transaction_end,
+          [h.ptr, txId, !commit],
+          isTrue,
+          toVoid,
+        );
+      },
+    };
   }
 
   /** 'sync' or 'async': how requests run (for tests, benchmarks and logs). */
@@ -360,9 +252,7 @@ export class FfiXenStore extends FfiOps implements XenStore {
   lost(err: Error): void {
     if (this.closing || this.lostError) return;
     this.lostError = err;
-    const all = [...this.watches.values()].flat();
-    this.watches.clear();
-    for (const w of all) w.kill(err);
+    for (const w of this.watches.takeAll()) w.kill(err);
     for (const cb of [...this.disconnectCbs]) {
       try {
         cb(err);
@@ -391,7 +281,7 @@ export class FfiXenStore extends FfiOps implements XenStore {
 
   /** Device handles cannot be shut down: a watch's initial event wakes the blocked reader. */
   private async wakeWatchLoop(w: XsHandle): Promise<void> {
-    const token = `${WAKE_TOKEN_PREFIX}${process.pid}-${++tokenCounter}`;
+    const token = nextWatchToken(WAKE_TOKEN_PREFIX);
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       w
@@ -410,52 +300,8 @@ export class FfiXenStore extends FfiOps implements XenStore {
     clearTimeout(timer);
   }
 
-  async transaction<T>(fn: (tx: XsOps) => Promise<T>, opts: TransactionOptions = {}): Promise<T> {
-    const maxAttempts = Math.max(1, opts.maxAttempts ?? this.opts.transaction?.maxAttempts ?? 10);
-    const backoffMs = Math.max(0, opts.backoffMs ?? this.opts.transaction?.backoffMs ?? 2);
-    for (let attempt = 1; ; attempt++) {
-      const txId = await this.h.run(
-        'transaction_start',
-        undefined,
-        this.lib.xs_transaction_start,
-        [this.h.ptr],
-        (id: number) => id !== 0,
-        (id: number) => id,
-      );
-      const tx = new FfiOps(this.lib, this.h, txId);
-      let result: T;
-      try {
-        result = await fn(tx);
-      } catch (err) {
-        tx.end();
-        await this.endTransaction(txId, false).catch(() => undefined);
-        if (isXsErrno(err, 'EAGAIN') && attempt < maxAttempts) {
-          await sleep(jitter(backoffMs, attempt));
-          continue;
-        }
-        throw err;
-      }
-      tx.end();
-      try {
-        await this.endTransaction(txId, true);
-        return result;
-      } catch (err) {
-        if (!isXsErrno(err, 'EAGAIN')) throw err;
-        if (attempt >= maxAttempts) throw new XenStoreError('EAGAIN', 'transaction');
-        await sleep(jitter(backoffMs, attempt));
-      }
-    }
-  }
-
-  private async endTransaction(txId: number, commit: boolean): Promise<void> {
-    await this.h.run(
-      commit ? 'transaction_commit' : 'transaction_abort',
-      undefined,
-      this.lib.xs_transaction_end,
-      [this.h.ptr, txId, !commit],
-      isTrue,
-      toVoid,
-    );
+  transaction<T>(fn: (tx: XsOps) => Promise<T>, opts: TransactionOptions = {}): Promise<T> {
+    return runTransaction(this.txCalls, fn, opts, this.opts.transaction);
   }
 
   private getWatchHandle(): Promise<XsHandle> {
@@ -491,7 +337,7 @@ export class FfiXenStore extends FfiOps implements XenStore {
         (strings) => {
           if (this.pumpFor !== w) return; // retired by resetWatches()/close(): drop the rest
           const [path, token] = strings;
-          if (path !== undefined && token !== undefined) this.route(path, token);
+          if (path !== undefined && token !== undefined) this.watches.route(path, token);
           if (this.closing || this.lostError) this.pumpFor = undefined;
           else next();
         },
@@ -513,54 +359,26 @@ export class FfiXenStore extends FfiOps implements XenStore {
     await w.close();
   }
 
-  private route(path: string, token: string): void {
-    const list = this.watches.get(token);
-    if (list === undefined) return; // late event after unwatch, or our own wake-up watch
-    const ev: WatchEvent = { path, token };
-    if (list.length === 1) list[0]?.deliver(ev);
-    else for (const w of list) if (w.matches(path)) w.deliver(ev);
-  }
-
   async watch(path: string, opts: WatchOptions = {}): Promise<Watch> {
     validateWatchPath(path);
-    const token = validateToken(opts.token ?? `xsf${process.pid}-${++tokenCounter}`);
+    const token = validateToken(opts.token ?? nextWatchToken('xsf'));
     if (!this.connected) throw new XenStoreDisconnectedError('not connected to xenstored');
     const wh = await this.getWatchHandle();
-    const w = new FfiWatch(this, path, token, opts.onEvent, opts.onError);
-    // Registered before WATCH is sent: the initial event may arrive before the ack returns.
-    const list = this.watches.get(token);
-    if (list) list.push(w);
-    else this.watches.set(token, [w]);
-    try {
-      await wh.run('watch', path, this.lib.xs_watch, [wh.ptr, path, token], isTrue, toVoid);
-    } catch (err) {
-      this.forget(w);
-      throw err;
-    }
+    const w = new QueuedWatch(this, path, token, opts.onEvent, opts.onError);
+    await this.watches.register(w, () =>
+      wh.run('watch', path, this.lib.xs_watch, [wh.ptr, path, token], isTrue, toVoid),
+    );
     this.pump(wh);
     return w;
   }
 
-  private forget(w: FfiWatch): void {
-    const list = this.watches.get(w.token);
-    if (!list) return;
-    const i = list.indexOf(w);
-    if (i >= 0) list.splice(i, 1);
-    if (list.length === 0) this.watches.delete(w.token);
-  }
-
   /** Called by Watch.close(): forget locally, then UNWATCH while connected. */
-  async unregister(w: FfiWatch): Promise<void> {
-    const wasRegistered = this.watches.get(w.token)?.includes(w) ?? false;
-    this.forget(w);
-    if (!wasRegistered || !this.connected || !this.watchHandle) return;
+  async unregister(w: QueuedWatch): Promise<void> {
+    if (!this.watches.release(w) || !this.connected || !this.watchHandle) return;
     const wh = await this.watchHandle;
-    try {
-      await wh.run('unwatch', w.path, this.lib.xs_unwatch, [wh.ptr, w.path, w.token], isTrue, toVoid);
-    } catch (err) {
-      if (isXsErrno(err, 'ENOENT') || err instanceof XenStoreDisconnectedError) return;
-      throw err;
-    }
+    await wh
+      .run('unwatch', w.path, this.lib.xs_unwatch, [wh.ptr, w.path, w.token], isTrue, toVoid)
+      .catch(ignoreWatchGone);
   }
 
   async getDomainPath(domid: number): Promise<string> {
@@ -643,9 +461,7 @@ export class FfiXenStore extends FfiOps implements XenStore {
    */
   async resetWatches(): Promise<void> {
     if (!this.connected) throw new XenStoreDisconnectedError('resetWatches: not connected to xenstored');
-    const all = [...this.watches.values()].flat();
-    this.watches.clear();
-    for (const w of all) w.finish();
+    for (const w of this.watches.takeAll()) w.finish();
     const old = this.watchHandle;
     this.watchHandle = undefined;
     const w = old ? await old.catch(() => undefined) : undefined;
@@ -679,9 +495,7 @@ export class FfiXenStore extends FfiOps implements XenStore {
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
-    const all = [...this.watches.values()].flat();
-    this.watches.clear();
-    for (const w of all) w.finish();
+    for (const w of this.watches.takeAll()) w.finish();
     await this.releaseHandles();
   }
 }
@@ -714,12 +528,4 @@ export async function openFfiXenStoreClient(opts: FfiXenStoreOptions = {}): Prom
   });
   owner.client = new FfiXenStore(lib, h, full);
   return owner.client;
-}
-
-function jitter(baseMs: number, attempt: number): number {
-  return Math.random() * Math.min(baseMs * 2 ** (attempt - 1), 250);
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
