@@ -2,7 +2,8 @@
 // Implemented by domain-control.ts over libxenctrl/libxenguest (native-bindings) and XenStore.
 
 /** SHUTDOWN_* reasons of xen/include/public/sched.h. */
-export type ShutdownReason = 'poweroff' | 'reboot' | 'suspend' | 'crash' | 'watchdog' | 'soft_reset' | 'unknown';
+export type ShutdownReason =
+  'poweroff' | 'reboot' | 'suspend' | 'crash' | 'watchdog' | 'soft_reset' | 'unknown';
 
 export interface DomainInfo {
   domid: number;
