@@ -138,7 +138,25 @@ export async function discoverDevices(
                 });
                 return;
               }
-              const backend = await factory.inspect((key) => counted(xs.tryRead(`${dir}/${devid}/${key}`)));
+              // The device's own directory too (libxl sets its permissions explicitly; its nodes
+              // inherit them, and only the backend domain or dom0 may change them): a device
+              // directory another domain may write decides nothing.
+              const [devPerms, backend] = await Promise.all([
+                counted(xs.getPerms(`${dir}/${devid}`)),
+                factory.inspect((key) => counted(xs.tryRead(`${dir}/${devid}/${key}`))),
+              ]);
+              if (!ownedOnlyBy(devPerms, b)) {
+                log.warn(`backend device ${dir}/${devid} is writable by another domain; it fails closed`, {
+                  perms: devPerms,
+                });
+                found.push({
+                  ref,
+                  migrator: new Refuse(
+                    `backend ${dir}/${devid} is writable by a domain other than its backend ${b}`,
+                  ),
+                });
+                return;
+              }
               const full: DeviceRef = { ...ref, backend };
               found.push({ ref: full, migrator: factory.create(full) });
             }),

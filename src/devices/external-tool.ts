@@ -39,6 +39,11 @@ export interface RunToolOptions {
   env?: Record<string, string>;
   cwd?: string;
   onLine?: (line: string, stream: 'stdout' | 'stderr') => void;
+  /**
+   * The check every argv value must pass (default: a plain word, SAFE_WORD). A caller whose argv
+   * holds values of another validated shape (rsync's `-e "ssh -o X"`, `[v6]:path`) passes its own.
+   */
+  argOk?: (arg: string) => boolean;
 }
 
 /** Checks each argv value; throws ToolInputError before anything is spawned. */
@@ -50,8 +55,9 @@ export function checkToolValue(arg: string, value: string): string {
 /** Runs a program with argv, bounded in time; resolves with how it ended (never rejects on exit status). */
 export function runTool(path: string, args: readonly string[], opts: RunToolOptions): Promise<ToolRunResult> {
   if (!path.startsWith('/')) return Promise.reject(new ToolInputError('path', path));
+  const argOk = opts.argOk ?? ((a: string) => SAFE_WORD.test(a));
   for (const a of args) {
-    if (!SAFE_WORD.test(a) && a !== '') throw new ToolInputError('argv', a);
+    if (!argOk(a)) return Promise.reject(new ToolInputError('argv', a));
   }
   return new Promise((resolve, reject) => {
     const tail: string[] = [];

@@ -22,6 +22,16 @@ export function remotePathFor(cfg: RsyncCopyConfig, path: string): string {
   return cfg.remoteRoot === '/' ? path : `${cfg.remoteRoot.replace(/\/$/, '')}${path}`;
 }
 
+/**
+ * What rsync's argv may hold: plain words, the remote shell's words joined by single spaces (rsync
+ * splits `-e` itself, no shell), and `[v6addr]:path`. No quotes, `$`, `;`, `|`, `&`, `<`, `>`,
+ * backquotes or control characters anywhere.
+ */
+const RSYNC_ARG = /^[A-Za-z0-9_@%+=:,./[\]-]+(?: [A-Za-z0-9_@%+=:,./-]+)*$/;
+export function rsyncArgOk(arg: string): boolean {
+  return arg.length <= 4096 && RSYNC_ARG.test(arg);
+}
+
 export function rsyncArgs(cfg: RsyncCopyConfig, src: string, target: string): string[] {
   // --ignore-times: never trust size+mtime; a guest write in the same second as the bulk pass
   // would otherwise be skipped by the final pass (seen in the integration test).
@@ -73,6 +83,7 @@ export class RsyncDiskMigrator implements DeviceMigrator {
       killGraceMs: this.killGraceMs,
       signal: ac.signal,
       log: ctx.log,
+      argOk: rsyncArgOk,
       onLine: (line) => {
         const done = parseProgress2(line);
         if (done !== undefined) ctx.progress(Math.min(done, this.size), this.size);

@@ -12,6 +12,7 @@ import { JobValidationError, oneLine } from './errors.js';
 import { parseDomid, validateRequest, type JobRequest } from './job-schema.js';
 import { JobRun, type JobStart } from './job-run.js';
 import { JobWriter } from './job-writer.js';
+import { domidOfKey, withLogContext } from './log-context.js';
 import { classifyJobPath, JOBS, jobPath, PROTOCOL_VERSION, PROTOCOL_VERSION_PATH, ROOT } from './paths.js';
 import { Semaphore } from './semaphore.js';
 import { isControl, isJobState, isTerminal, recoveryAction, type JobState } from './state-machine.js';
@@ -40,9 +41,40 @@ const AGENT_NODES = [
   'control',
 ];
 
+/** States after the domain was suspended: a draining agent lets these finish within its bound. */
+const PAST_SUSPENSION: ReadonlySet<string> = new Set(['post-suspend', 'post-suspended', 'syncing']);
+/** Of a drain's bound, the part kept for aborting and recovering what did not finish, at most. */
+const DRAIN_RECOVERY_RESERVE_MS = 10_000;
+
+export interface EngineDrainResult {
+  /** Jobs that reached `done` during the drain. */
+  completed: number;
+  /** Jobs aborted (or failed) with their devices recovered. */
+  aborted: number;
+  /** Jobs already `done` at the start, left for the toolstack. */
+  kept: number;
+  /** Jobs not settled at the bound (the next agent's recovery table handles them). */
+  left: number;
+  leftJobs: string[];
+}
+
+/** Resolves when every promise settled or at the wall-clock time `by`, whichever is first. */
+async function settleBy(ps: Promise<unknown>[], by: number): Promise<void> {
+  const ms = by - Date.now();
+  if (ps.length === 0 || ms <= 0) return;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([Promise.all(ps), new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  if (timer !== undefined) clearTimeout(timer);
+}
+
 interface Snapshot {
   exists: boolean;
+  /** The job directory itself is owned by dom0 alone: nodes the agent writes into it are safe. */
+  dirTrusted: boolean;
+  /** Every node read (directory, request, each field, control, and the agent's own state nodes). */
   trusted: boolean;
+  /** The agent's own nodes (state, accepted-id, suspended-by) are dom0's alone: they may decide a recovery. */
+  agentNodesTrusted: boolean;
   untrustedWhy?: string;
   state?: string;
   acceptedId?: string;
@@ -67,10 +99,10 @@ function describePerms(perms: readonly Perm[]): string {
 export class MigrationEngine {
   private readonly xs: XenStore;
   private readonly domains: DomainControl;
-  private readonly config: DevMigrateConfig;
+  private config: DevMigrateConfig;
   private readonly log: Logger;
-  readonly registry: DeviceRegistry;
-  private readonly index: BackendIndex;
+  registry: DeviceRegistry;
+  private index: BackendIndex;
   readonly jobSlots: Semaphore;
   readonly deviceSlots: Semaphore;
   /** Admission work (request reads, validation, discovery) of a burst of requests, bounded so it
@@ -80,9 +112,13 @@ export class MigrationEngine {
   private readonly writers = new Map<number, JobWriter>();
   private readonly examining = new Map<string, { again: boolean; done: Promise<void> }>();
   private readonly handled = new Map<string, string>();
+  /** Examinations that failed (XenStore errors) and are being retried, per key. */
+  private readonly retries = new Map<string, number>();
   private watch: Watch | undefined;
   private unsubscribe: (() => void) | undefined;
   private stopped = false;
+  /** False once draining (SIGTERM): new requests are left in XenStore for the next agent. */
+  private accepting = true;
   /** XenStore ops spent outside the job writers (request reads, discovery, controls). */
   readOps = 0;
 
@@ -161,6 +197,119 @@ export class MigrationEngine {
     this.jobs.clear();
   }
 
+  /**
+   * SIGTERM, first step: no new job is taken from now on. Requests not yet taken stay in XenStore
+   * untouched (the next agent starts them, or applies the recovery table to them); jobs this
+   * agent runs still get their controls (a requester's abort or next step).
+   */
+  stopAccepting(): void {
+    this.accepting = false;
+  }
+
+  /**
+   * SIGTERM: takes no new job and brings every running one to a safe end within timeoutMs.
+   * Jobs past the suspension (post-suspend, post-suspended, syncing) may finish: the guest is
+   * already stopped and its devices nearly copied. Jobs before it are aborted at once (devices
+   * recovered; the guest keeps running). At timeoutMs minus a reserve for recovery
+   * (min(10 s, timeoutMs / 3)) whatever still runs is aborted and recovered (the domain resumed
+   * if the agent suspended it). `done` jobs are left as they are, for the toolstack. Then the
+   * jobs watch is closed. A job still not settled at timeoutMs is counted in `left` and named.
+   */
+  async drain(timeoutMs: number): Promise<EngineDrainResult> {
+    this.stopAccepting();
+    const deadline = Date.now() + timeoutMs;
+    const finishBy = deadline - Math.min(DRAIN_RECOVERY_RESERVE_MS, Math.floor(timeoutMs / 3));
+    const cleanup: (() => void)[] = [];
+    try {
+      // Examinations already under way end first: they may route a control, never start a job.
+      await settleBy(
+        [...this.examining.values()].map((e) => e.done.catch(() => undefined)),
+        finishBy,
+      );
+      const runs = [...this.jobs.values()];
+      const kept = runs.filter((r) => r.state === 'done');
+      for (const run of kept) run.detach();
+      const active = runs.filter((r) => r.state !== 'done' && !isTerminal(r.state));
+      for (const run of active) {
+        if (PAST_SUSPENSION.has(run.state)) {
+          this.jlog(run.domid).info(
+            `job ${run.domid}: past the suspension; may finish while the agent stops`,
+          );
+        } else {
+          run.abort('abort', 'agent stopping');
+        }
+      }
+      const settled = active.map((run) => this.settledForDrain(run, cleanup));
+      await settleBy(settled, finishBy);
+      for (const run of active) {
+        if (run.state !== 'done' && !isTerminal(run.state))
+          run.abort('abort', `agent stopping: drain bound of ${timeoutMs} ms reached`);
+      }
+      await settleBy(settled, deadline);
+      const result: EngineDrainResult = {
+        completed: 0,
+        aborted: 0,
+        kept: kept.length,
+        left: 0,
+        leftJobs: [],
+      };
+      for (const run of active) {
+        if (run.state === 'done') result.completed += 1;
+        else if (isTerminal(run.state)) result.aborted += 1;
+        else {
+          result.left += 1;
+          result.leftJobs.push(`${run.domid} (${run.state})`);
+          this.jlog(run.domid).error(`job ${run.domid}: not settled within the drain bound (${run.state})`);
+        }
+      }
+      return result;
+    } finally {
+      for (const c of cleanup) c();
+      this.stopped = true;
+      this.unsubscribe?.();
+      await this.watch?.close().catch(() => undefined);
+      this.jobs.clear();
+    }
+  }
+
+  /** Resolves when the run ended, or reached `done` (then detached: the toolstack's turn). */
+  private settledForDrain(run: JobRun, cleanup: (() => void)[]): Promise<void> {
+    return new Promise<void>((resolve) => {
+      // JobRun has no state events; a light check while draining only (bounded by the drain).
+      const t = setInterval(() => {
+        if (run.state === 'done') run.detach();
+      }, 50);
+      const end = (): void => {
+        clearInterval(t);
+        resolve();
+      };
+      cleanup.push(end);
+      void run.finished.then(end);
+    });
+  }
+
+  /**
+   * SIGHUP: a new, validated config. Limits apply to slots acquired from now on (held slots are
+   * kept); timeouts, tools and device policies apply to jobs started from now on. A running job
+   * keeps the config and device policies it started with.
+   */
+  applyConfig(next: DevMigrateConfig): void {
+    this.config = next;
+    this.registry = this.opts.registry ?? new DeviceRegistry(next);
+    this.index = new BackendIndex(this.xs, next.backendDomains);
+    this.jobSlots.resize(next.limits.maxJobs, 0);
+    this.deviceSlots.resize(next.limits.maxDeviceOps, next.limits.reservedCriticalOps);
+  }
+
+  /** The engine's logger with the job's context ({ domid, job, phase }) as metadata. */
+  private jlog(key: number | string): Logger {
+    return withLogContext(this.log, () => {
+      const domid = typeof key === 'number' ? key : domidOfKey(key);
+      const run = domid !== undefined ? this.jobs.get(domid) : undefined;
+      return { domid, job: run?.request.id, phase: run?.state };
+    });
+  }
+
   private onWatch(path: string): void {
     if (this.stopped) return;
     const c = classifyJobPath(path);
@@ -194,6 +343,8 @@ export class MigrationEngine {
 
   /** Examines a job key; events arriving meanwhile cause one more pass, never a parallel one. */
   private schedule(key: string): void {
+    // Draining: only jobs this agent runs are still served (their controls); others wait untouched.
+    if (!this.accepting && !this.jobs.has(domidOfKey(key) ?? -1)) return;
     const cur = this.examining.get(key);
     if (cur !== undefined) {
       cur.again = true;
@@ -207,18 +358,39 @@ export class MigrationEngine {
         entry.again = false;
         try {
           await this.admission.run(() => this.examine(key));
+          this.retries.delete(key);
         } catch (err) {
-          this.log.error(`job ${key}: ${(err as Error).message}`);
+          this.jlog(key).error(`job ${key}: ${(err as Error).message}`);
+          // A transient XenStore failure must not leave the request unanswered (no new event
+          // may ever come): forget what was seen and look again, a few times, with backoff.
+          this.handled.delete(key);
+          const n = (this.retries.get(key) ?? 0) + 1;
+          this.retries.set(key, n);
+          if (n <= 5 && !this.stopped) {
+            const t = setTimeout(() => this.schedule(key), 200 * n);
+            t.unref();
+          } else this.retries.delete(key);
         }
       } while (entry.again && !this.stopped);
       this.examining.delete(key);
     })();
   }
 
+  /**
+   * Reads a job in one transaction. EVERY node read is checked: the directory, request/, each
+   * request field, control, and the agent's own state nodes (which decide a crash recovery and
+   * whether the domain is resumed): each must be owned by dom0 and writable by no other domain.
+   */
   private async snapshot(key: string): Promise<Snapshot> {
     const base = jobPath(key);
     return this.xs.transaction(async (tx) => {
-      const snap: Snapshot = { exists: false, trusted: true, fields: new Map() };
+      const snap: Snapshot = {
+        exists: false,
+        dirTrusted: true,
+        trusted: true,
+        agentNodesTrusted: true,
+        fields: new Map(),
+      };
       let ops = 0;
       const count = <T>(p: Promise<T>): Promise<T> => {
         ops += 1;
@@ -236,17 +408,31 @@ export class MigrationEngine {
           snap.untrustedWhy = `${what} has permissions ${describePerms(perms)} (must be owned by dom0, writable by no other domain)`;
         }
       };
-      if (!ownedOnlyBy(dirPerms, 0)) untrusted(base, dirPerms);
+      if (!ownedOnlyBy(dirPerms, 0)) {
+        snap.dirTrusted = false;
+        untrusted(base, dirPerms);
+      }
+      /** Value and permissions of an optional node; an untrusted one is reported, never used. */
+      const checked = async (path: string): Promise<string | undefined> => {
+        const [v, perms] = await Promise.all([count(tx.tryRead(path)), count(permsOrUndefined(tx, path))]);
+        if (v === undefined || perms === undefined) return undefined;
+        if (!ownedOnlyBy(perms, 0)) {
+          untrusted(path, perms);
+          return undefined;
+        }
+        return v;
+      };
       const [state, acceptedId, suspendedBy, names] = await Promise.all([
-        count(tx.tryRead(`${base}/state`)),
-        count(tx.tryRead(`${base}/accepted-id`)),
-        count(tx.tryRead(`${base}/suspended-by`)),
+        checked(`${base}/state`),
+        checked(`${base}/accepted-id`),
+        checked(`${base}/suspended-by`),
         count(
           tx
             .directory(`${base}/request`)
             .catch((err: unknown) => (isXsErrno(err, 'ENOENT') ? [] : Promise.reject(err))),
         ),
       ]);
+      snap.agentNodesTrusted = snap.trusted;
       if (state !== undefined) snap.state = state;
       if (acceptedId !== undefined) snap.acceptedId = acceptedId;
       if (suspendedBy !== undefined) snap.suspendedBy = suspendedBy;
@@ -255,22 +441,13 @@ export class MigrationEngine {
         if (!ownedOnlyBy(reqPerms, 0)) untrusted(`${base}/request`, reqPerms);
         await Promise.all(
           names.slice(0, 16).map(async (n) => {
-            const path = `${base}/request/${n}`;
-            const [v, perms] = await Promise.all([
-              count(tx.tryRead(path)),
-              count(permsOrUndefined(tx, path)),
-            ]);
-            if (perms !== undefined && !ownedOnlyBy(perms, 0)) untrusted(path, perms);
+            const v = await checked(`${base}/request/${n}`);
             if (v !== undefined) snap.fields.set(n, v);
           }),
         );
         if (state === undefined) {
-          const c = await count(tx.tryRead(`${base}/control`));
-          if (c !== undefined) {
-            const cp = await count(tx.getPerms(`${base}/control`));
-            if (!ownedOnlyBy(cp, 0)) untrusted(`${base}/control`, cp);
-            snap.control = c;
-          }
+          const c = await checked(`${base}/control`);
+          if (c !== undefined) snap.control = c;
         }
       }
       this.readOps += ops + 2;
@@ -282,12 +459,12 @@ export class MigrationEngine {
     if (typeof key === 'number') {
       let w = this.writers.get(key);
       if (w === undefined) {
-        w = new JobWriter(this.xs, key, this.log);
+        w = new JobWriter(this.xs, key, this.jlog(key));
         this.writers.set(key, w);
       }
       return w;
     }
-    return new JobWriter(this.xs, key, this.log);
+    return new JobWriter(this.xs, key, this.jlog(key));
   }
 
   private async examine(key: string): Promise<void> {
@@ -305,12 +482,7 @@ export class MigrationEngine {
       return;
     }
     if (!snap.trusted) {
-      // Cannot even be marked safely: writing into a directory a guest controls is its game.
-      const fp = `untrusted:${snap.untrustedWhy ?? ''}`;
-      if (this.handled.get(key) !== fp) {
-        this.log.warn(`job ${key} ignored: ${snap.untrustedWhy ?? 'untrusted'}`);
-        this.handled.set(key, fp);
-      }
+      await this.untrustedJob(key, snap, inMem);
       return;
     }
     if (snap.fields.size === 0) return; // no request (yet)
@@ -329,7 +501,7 @@ export class MigrationEngine {
         const why = oneLine(
           `request ${JSON.stringify(reqId ?? '')} refused: domain ${inMem.domid} is busy with job ${inMem.request.id} (state ${inMem.state})`,
         );
-        this.log.warn(`job ${key}: ${why}`);
+        this.jlog(key).warn(`job ${key}: ${why}`);
         await this.writerFor(inMem.domid).persist({ 'refused-request': why });
         return;
       }
@@ -354,8 +526,44 @@ export class MigrationEngine {
     await this.startJob(key, snap, snap.state !== undefined);
   }
 
+  /**
+   * A job with a node some other domain may write. Nothing from it is obeyed. The error goes to
+   * the log and, when the job directory itself is dom0's alone (so the nodes the agent creates
+   * in it inherit dom0-only permissions), to `state=failed` + `error` as well. A job already
+   * running in memory goes on (what it runs was accepted from trusted nodes); one a crashed agent
+   * left in a mutating state is still recovered from its trusted state nodes (the domain must
+   * not stay suspended), without the untrusted request.
+   */
+  private async untrustedJob(key: string, snap: Snapshot, inMem: JobRun | undefined): Promise<void> {
+    const why = snap.untrustedWhy ?? 'untrusted permissions';
+    const fp = `untrusted:${why}`;
+    if (this.handled.get(key) === fp) return;
+    this.handled.set(key, fp);
+    this.jlog(key).warn(`job ${key} ignored: ${why}`);
+    if (!snap.dirTrusted) return; // cannot be marked safely: writing into a guest's directory is its game
+    const domid = /^[0-9]{1,5}$/.test(key) ? Number(key) : undefined;
+    if (inMem !== undefined && !isTerminal(inMem.state)) {
+      if (domid !== undefined)
+        await this.writerFor(domid).persist({ 'refused-request': oneLine(`request ignored: ${why}`) });
+      return;
+    }
+    // The agent's own nodes are not dom0's alone: they may be forged (a fake "suspended-by=agent"
+    // would make us resume a domain we never suspended) and overwriting them would lose a real
+    // state: decide nothing, write nothing.
+    if (!snap.agentNodesTrusted) return;
+    const persisted = snap.state !== undefined && isJobState(snap.state) ? snap.state : undefined;
+    const action = persisted !== undefined ? recoveryAction(persisted) : 'restart';
+    if (action === 'recover') {
+      // A previous agent's job: only its own (trusted) nodes drive the recovery, not the request.
+      await this.recoverOrphan(key, persisted ?? 'recovering', { ...snap, fields: new Map() });
+      return;
+    }
+    if (action === 'adopt') return; // done belongs to the toolstack: leave it as it is
+    await this.fail(key, `job ignored: ${why}`, undefined, true);
+  }
+
   private async fail(key: string, error: string, id: string | undefined, clear: boolean): Promise<void> {
-    this.log.warn(`job ${key} failed: ${error}`);
+    this.jlog(key).warn(`job ${key} failed: ${error}`);
     const nodes: Record<string, string | undefined> = {};
     if (clear) for (const n of AGENT_NODES) nodes[n] = undefined;
     Object.assign(nodes, { state: 'failed', error: oneLine(error), recovered: '1' });
@@ -365,6 +573,7 @@ export class MigrationEngine {
   }
 
   private async startJob(key: string, snap: Snapshot, replacing: boolean): Promise<void> {
+    if (!this.accepting) return; // an examination that began before the drain takes nothing
     let domid: number;
     let request: JobRequest;
     try {
@@ -398,6 +607,8 @@ export class MigrationEngine {
 
   private async buildRun(domid: number, request: JobRequest, writer: JobWriter): Promise<JobRun | undefined> {
     let run: JobRun;
+    // The run keeps the registry (and config) it started with, whatever a reload brings later.
+    const registry = this.registry;
     try {
       const found = await discoverDevices(this.xs, domid, this.index, this.registry, this.log);
       this.readOps += found.ops;
@@ -415,14 +626,14 @@ export class MigrationEngine {
           jobSlots: this.jobSlots,
           deviceSlots: this.deviceSlots,
           writer,
-          deviceTimeoutMs: (t) => this.registry.deviceTimeoutMs(t),
+          deviceTimeoutMs: (t) => registry.deviceTimeoutMs(t),
           ...(this.opts.onMark !== undefined ? { onMark: this.opts.onMark } : {}),
         },
         name,
       );
     } catch (err) {
       const msg = oneLine(`device discovery failed: ${(err as Error).message}`);
-      this.log.error(`job ${domid}: ${msg}`);
+      this.jlog(domid).error(`job ${domid}: ${msg}`);
       await writer.persist({ state: 'failed', error: msg, recovered: '1' });
       return undefined;
     }
@@ -447,7 +658,15 @@ export class MigrationEngine {
     this.readOps += 2;
     if (value === undefined || value === '') return;
     if (perms === undefined || !ownedOnlyBy(perms, 0)) {
-      this.log.warn(`job ${domid}: control ignored: ${path} has permissions ${describePerms(perms ?? [])}`);
+      // A domain allowed to write control must not drive or abort the job: not obeyed, and said so.
+      const why = oneLine(
+        `control ignored: ${path} has permissions ${describePerms(perms ?? [])} (must be owned by dom0, writable by no other domain)`,
+      );
+      this.jlog(domid).warn(`job ${domid}: ${why}`);
+      const dirPerms = await permsOrUndefined(this.xs, jobPath(domid)).catch(() => undefined);
+      this.readOps += 1;
+      if (dirPerms !== undefined && ownedOnlyBy(dirPerms, 0))
+        await this.writerFor(domid).persist({ 'control-error': why });
       return;
     }
     this.applyControl(run, value);
@@ -458,17 +677,20 @@ export class MigrationEngine {
       ? run.control(value)
       : `unknown control ${JSON.stringify(value.slice(0, 32))}`;
     if (why !== undefined) {
-      this.log.warn(`job ${run.domid}: control ignored: ${why}`);
+      this.jlog(run.domid).warn(`job ${run.domid}: control ignored: ${why}`);
       void this.writerFor(run.domid).persist({ 'control-error': oneLine(why) });
     } else {
-      this.log.info(`job ${run.domid}: control ${value}`);
+      this.jlog(run.domid).info(`job ${run.domid}: control ${value}`);
     }
   }
 
   /** The recovery table applied to a job found in XenStore with no JobRun in memory. */
   private async recoverOrphan(key: string, state: JobState, snap: Snapshot): Promise<void> {
+    if (!this.accepting) return; // the next agent applies the recovery table
     const action = recoveryAction(state);
-    this.log.warn(`job ${key}: found in state ${state} with no agent behind it; recovery action: ${action}`);
+    this.jlog(key).warn(
+      `job ${key}: found in state ${state} with no agent behind it; recovery action: ${action}`,
+    );
     if (action === 'none') return;
     let request: JobRequest;
     let domid: number;

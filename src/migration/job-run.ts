@@ -10,6 +10,7 @@ import type { DomainControl } from '../domains/types.js';
 import { DomainGoneError, EngineTimeoutError, JobAbortedError, oneLine } from './errors.js';
 import type { JobRequest } from './job-schema.js';
 import { JobWriter } from './job-writer.js';
+import { withLogContext } from './log-context.js';
 import type { Semaphore, Priority } from './semaphore.js';
 import {
   allowedControls,
@@ -89,6 +90,17 @@ function untilAborted<T>(p: Promise<T>, signal: AbortSignal, graceMs: number): P
   });
 }
 
+/** Rejects with EngineTimeoutError(what, ms) unless p settles first: a bound on a call into another layer. */
+function bounded<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p,
+    new Promise<never>((_, reject) => {
+      t = setTimeout(() => reject(new EngineTimeoutError(what, ms)), ms);
+    }),
+  ]).finally(() => clearTimeout(t));
+}
+
 /** new: the engine persisted `accepted`; recover/adopt: per the recovery table after a restart. */
 export type JobStart =
   | { kind: 'new' }
@@ -102,6 +114,8 @@ export class JobRun {
   private abortCause: 'abort' | 'error' | 'gone' | undefined;
   private abortWhy = '';
   private weSuspended = false;
+  /** The agent's suspend call, settled or not: recovery waits for it before deciding to resume. */
+  private suspendCall: Promise<unknown> | undefined;
   private detached = false;
   private stepWaiter: ((c: Step) => void) | undefined;
   /** A step control that arrived before the run loop waited for it (the requester is fast). */
@@ -125,11 +139,15 @@ export class JobRun {
     // Every device op of a phase listens to the job's signal: many listeners are expected.
     setMaxListeners(0, this.abortCtl.signal);
     this.ctxJob = { jobId: request.id, domid, target: request.target, live: request.live };
+    this.jobLog = withLogContext(deps.log, () => ({ domid, job: request.id, phase: this.state }));
     if (domainName !== undefined) this.ctxJob.domainName = domainName;
   }
 
+  /** Every line about this job carries { domid, job, phase } as metadata (phase = current state). */
+  private readonly jobLog: Logger;
+
   private get log(): Logger {
-    return this.deps.log;
+    return this.jobLog;
   }
 
   /**
@@ -355,15 +373,26 @@ export class JobRun {
     const t = this.deps.config.timeouts;
     const signal = this.abortCtl.signal;
     try {
+      // Each wait is bounded here too, whatever the domain layer does with its own timeouts.
       if (this.request.suspend === 'agent') {
         this.weSuspended = true;
-        const p = this.deps.domains.suspend(this.domid, {
-          ackTimeoutMs: t.suspendAckMs,
-          suspendTimeoutMs: t.suspendMs,
-        });
-        await untilAborted(p, signal, t.suspendAckMs + t.suspendMs);
+        const bound = t.suspendAckMs + t.suspendMs + 1000;
+        const p = bounded(
+          this.deps.domains.suspend(this.domid, {
+            ackTimeoutMs: t.suspendAckMs,
+            suspendTimeoutMs: t.suspendMs,
+          }),
+          bound,
+          'suspend',
+        );
+        this.suspendCall = p.catch(() => undefined);
+        await untilAborted(p, signal, bound);
       } else {
-        const p = this.deps.domains.waitForSuspended(this.domid, t.toolstackSuspendMs);
+        const p = bounded(
+          this.deps.domains.waitForSuspended(this.domid, t.toolstackSuspendMs),
+          t.toolstackSuspendMs + 1000,
+          "waiting for the toolstack's suspend",
+        );
         await untilAborted(p, signal, 1000);
       }
     } catch (err) {
@@ -384,7 +413,7 @@ export class JobRun {
     return {
       job: this.ctxJob,
       signal,
-      log: this.log,
+      log: withLogContext(this.jobLog, () => ({ device: `${type}/${devid}` })),
       progress: (done, total) => {
         const at = Date.now();
         if (at - slot.lastProgressWrite < 1000 && done < total) return;
@@ -575,9 +604,12 @@ export class JobRun {
     let resumeError: string | undefined;
     if (this.weSuspended && !gone) {
       try {
+        // A suspend still in flight (aborted mid-handshake) could land after the check below and
+        // leave the guest suspended: let it settle first (it is bounded).
+        await this.suspendCall;
         const info = await this.deps.domains.info(this.domid);
         if (info !== undefined && (info.paused || (info.shutdown && info.shutdownReason === 'suspend'))) {
-          await this.deps.domains.resume(this.domid);
+          await bounded(this.deps.domains.resume(this.domid), recoverMs, 'resume');
           this.log.info(`job ${this.domid}: domain resumed at the source`);
         }
       } catch (err) {

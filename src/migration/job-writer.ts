@@ -87,7 +87,12 @@ export class JobWriter {
     return writes;
   }
 
-  private async writeBatch(nodes: Record<string, string | undefined>): Promise<void> {
+  /** Retries of a failed batch (RETRIES + 1 attempts in all), and the base of their linear backoff. */
+  static RETRIES = 3;
+  static RETRY_DELAY_MS = 100;
+
+  private async writeBatch(nodes: Record<string, string | undefined>, attempt = 0): Promise<void> {
+    const jobWritesRetry = new Map<string, string | undefined>();
     const deviceWrites = this.collectDevices();
     const base = `/tool/devmigrate/jobs/${this.domid}`;
     const jobWrites = Object.entries(nodes).map(([k, v]): [string, string | undefined] => [
@@ -116,10 +121,24 @@ export class JobWriter {
     }
     const results = await Promise.allSettled(pending);
     const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed.length > 0) {
-      this.log.error(
-        `job ${this.domid}: ${failed.length} of ${deviceWrites.length + jobWrites.length} write(s) failed: ${(failed[0]?.reason as Error).message}`,
+    if (failed.length === 0) return;
+    // A transient failure (EAGAIN retries exhausted under a burst, a busy xenstored) must not
+    // leave a job's state unwritten: a requester would wait for an answer that never comes.
+    // Writes are idempotent (a value, or a removal), so the whole batch is simply sent again.
+    if (attempt < JobWriter.RETRIES) {
+      this.log.warn(
+        `job ${this.domid}: ${failed.length} write(s) failed (${(failed[0]?.reason as Error).message}); retrying`,
       );
+      await new Promise((r) => setTimeout(r, JobWriter.RETRY_DELAY_MS * (attempt + 1)));
+      for (const [path, value] of deviceWrites) {
+        const rel = path.slice(`${base}/`.length);
+        jobWritesRetry.set(rel, value);
+      }
+      for (const [path, value] of jobWrites) jobWritesRetry.set(path.slice(`${base}/`.length), value);
+      return this.writeBatch(Object.fromEntries(jobWritesRetry), attempt + 1);
     }
+    this.log.error(
+      `job ${this.domid}: ${failed.length} of ${deviceWrites.length + jobWrites.length} write(s) failed: ${(failed[0]?.reason as Error).message}`,
+    );
   }
 }

@@ -14,13 +14,36 @@ export class Semaphore {
   private inUse = 0;
   private readonly waiters: Waiter[] = [];
   private peakInUse = 0;
+  private max: number;
+  private reserve: number;
 
-  constructor(
-    readonly limit: number,
-    readonly reserved = 0,
-  ) {
+  constructor(limit: number, reserved = 0) {
+    Semaphore.check(limit, reserved);
+    this.max = limit;
+    this.reserve = reserved;
+  }
+
+  private static check(limit: number, reserved: number): void {
     if (!Number.isInteger(limit) || limit < 1) throw new RangeError('limit must be >= 1');
     if (reserved < 0 || reserved >= limit) throw new RangeError('reserved must be in [0, limit)');
+  }
+
+  get limit(): number {
+    return this.max;
+  }
+  get reserved(): number {
+    return this.reserve;
+  }
+
+  /**
+   * New sizes for acquisitions from now on (config reload). Slots already held are kept: after a
+   * shrink, in-use may stay above the limit until they are released; a growth wakes waiters.
+   */
+  resize(limit: number, reserved = Math.min(this.reserve, limit - 1)): void {
+    Semaphore.check(limit, reserved);
+    this.max = limit;
+    this.reserve = reserved;
+    this.pump();
   }
 
   get active(): number {

@@ -1,7 +1,9 @@
 // The migration engine on the REAL xenstored with the simulated host, hypervisor and guests:
 // each mode's happy path, vetoes, failures in each phase, timeouts, a guest that will not
 // suspend, aborts in each state, concurrency, malformed and untrusted requests, a domain
-// destroyed mid-job, crash recovery, and a real disk image copied by rsync in two passes.
+// destroyed mid-job, a real disk image copied by rsync in two passes, every row of the recovery
+// table with a FRESH engine over the same XenStore, a phase timeout, permissions on request
+// and control nodes, a burst of 200 requests, and the waits (toolstack, next step) that recover.
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
@@ -27,6 +29,7 @@ let host: SimHost;
 let domains: XenDomainControl;
 let engine: MigrationEngine;
 let dir: string;
+let baseCfg: DevMigrateConfig;
 const kernels: SimGuest[] = [];
 const logs: string[] = [];
 const log: Logger = {
@@ -47,15 +50,23 @@ function guest(domid: number, devices: GuestDescription['devices']): GuestDescri
 }
 
 /** The requester: one transaction for the whole request, as protocol.md says. */
-async function submit(domid: number | string, fields: Record<string, string>, perms?: Perm[]): Promise<void> {
-  await req.transaction(async (tx) => {
-    for (const [k, v] of Object.entries(fields)) await tx.write(J(domid, `request/${k}`), v);
-    if (perms !== undefined) {
-      await tx.setPerms(`/tool/devmigrate/jobs/${domid}`, perms);
-      await tx.setPerms(J(domid, 'request'), perms);
-      for (const k of Object.keys(fields)) await tx.setPerms(J(domid, `request/${k}`), perms);
-    }
-  });
+async function submit(
+  domid: number | string,
+  fields: Record<string, string>,
+  perms?: Perm[],
+  maxAttempts = 10,
+): Promise<void> {
+  await req.transaction(
+    async (tx) => {
+      for (const [k, v] of Object.entries(fields)) await tx.write(J(domid, `request/${k}`), v);
+      if (perms !== undefined) {
+        await tx.setPerms(`/tool/devmigrate/jobs/${domid}`, perms);
+        await tx.setPerms(J(domid, 'request'), perms);
+        for (const k of Object.keys(fields)) await tx.setPerms(J(domid, `request/${k}`), perms);
+      }
+    },
+    { maxAttempts },
+  );
 }
 const control = (domid: number, value: string): Promise<void> => req.write(J(domid, 'control'), value);
 
@@ -117,7 +128,7 @@ D=${dir}
 step=; name=; rec=
 while [ $# -gt 0 ]; do case "$1" in -step) step=$2; shift 2;; -domname) name=$2; shift 2;; -recover) rec=-recover; shift;; *) shift;; esac; done
 echo "step=$step$rec domid=$DEVMIGRATE_DOMID devid=$DEVMIGRATE_DEVID" >> $D/calls-$name.log
-if [ -z "$rec" ] && [ -e $D/hang-$name-$step ]; then sleep 60; fi
+if [ -z "$rec" ] && [ -e $D/hang-$name-$step ]; then echo $$ > $D/pid-$name-$step; sleep 60; fi
 if [ -z "$rec" ] && [ -e $D/fail-$name-$step ]; then echo "Error: step $step refused by the target" >&2; exit 1; fi
 exit 0
 `,
@@ -134,10 +145,14 @@ exit 0
   const all = [
     ...GUESTS,
     guest(30, [{ type: 'vbd', vdev: 'xvda', params: image, format: 'file', mode: 'w', backend: 'qdisk' }]),
+    ...[40, 41, 42, 43, 44, 45, 46, 47].map((d) =>
+      guest(d, [{ type: 'vif', mac: `00:16:3e:00:00:${d}` }, VTPM]),
+    ),
   ];
   host = await createSimHost(h, { guests: all });
   for (const g of all) {
-    kernels.push(await host.guest(g.domid).boot({ mode: g.domid === 19 ? 'never-ack' : 'normal' }));
+    const mode = g.domid === 19 ? 'never-ack' : g.domid === 47 ? 'ack-no-suspend' : 'normal';
+    kernels.push(await host.guest(g.domid).boot({ mode }));
   }
   agentXs = await connectXenStore({ path: h.socketPath, timeoutMs: 10_000 });
   req = await connectXenStore({ path: h.socketPath, timeoutMs: 10_000 });
@@ -167,9 +182,20 @@ exit 0
     remoteRoot: join(dir, 'target'),
     extraArgs: [],
   };
+  baseCfg = cfg;
   engine = new MigrationEngine({ xs: agentXs, domains, config: cfg, log });
   await engine.start();
 });
+
+/**
+ * Replaces the engine with a FRESH instance over the same XenStore and domains (what an agent
+ * restart does). The old one is stopped first, with no job of its own running.
+ */
+async function freshEngine(cfg: DevMigrateConfig = baseCfg): Promise<void> {
+  await engine.stop();
+  engine = new MigrationEngine({ xs: agentXs, domains, config: cfg, log });
+  await engine.start();
+}
 
 afterAll(async () => {
   await engine?.stop();
@@ -442,5 +468,370 @@ describe('migration engine on the real xenstored', () => {
     expect(await read(J(31, 'recovered'))).toBe('1');
     expect((await toolCalls(31)).at(-1)).toBe('step=2-recover domid=31 devid=0');
     expect(await running(31)).toBe(true);
+  });
+});
+
+/** The layout a crashed agent leaves behind for a job: request, the agent's nodes, nothing running. */
+async function leftBehind(
+  domid: number,
+  state: string | undefined,
+  o: { suspendedBy?: string; suspend?: string; mode?: string } = {},
+): Promise<void> {
+  const fields = { ...AUTO, id: 'crash-1', suspend: o.suspend ?? 'agent', mode: o.mode ?? 'auto' };
+  await req.transaction(async (tx) => {
+    for (const [k, v] of Object.entries(fields)) await tx.write(J(domid, `request/${k}`), v);
+    if (state !== undefined) {
+      await tx.write(J(domid, 'state'), state);
+      await tx.write(J(domid, 'accepted-id'), fields.id);
+      await tx.write(J(domid, 'accepted-mode'), fields.mode);
+    }
+    if (o.suspendedBy !== undefined) await tx.write(J(domid, 'suspended-by'), o.suspendedBy);
+  });
+}
+
+async function waitLog(pred: (l: string) => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!logs.some(pred)) {
+    if (Date.now() > end) throw new Error(`no such log line within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+interface Row {
+  state: string | undefined;
+  /** suspended-by as persisted, and whether the domain really is suspended at the restart. */
+  suspendedBy?: 'agent' | 'toolstack';
+  domainSuspended: boolean;
+  end: string;
+  error?: RegExp;
+  /** The tool calls the fresh engine makes. */
+  calls: string[];
+  resumed: boolean;
+}
+const RESTARTED = (s: string): RegExp => new RegExp(`^agent restarted while the job was ${s}$`);
+const ALL_STEPS = [0, 1, 2, 3].map((n) => `step=${n} domid=40 devid=0`);
+const REC = (n: number): string[] => [`step=${n}-recover domid=40 devid=0`];
+const ROWS: Row[] = [
+  { state: undefined, domainSuspended: false, end: 'done', calls: ALL_STEPS, resumed: false },
+  { state: 'accepted', domainSuspended: false, end: 'done', calls: ALL_STEPS, resumed: false },
+  ...['testing', 'tested'].map((s) => ({
+    state: s,
+    domainSuspended: false,
+    end: 'failed',
+    error: new RegExp(`^agent restarted while the job was ${s}; nothing had been changed$`),
+    calls: [],
+    resumed: false,
+  })),
+  ...['pre-suspend', 'pre-suspended'].map((s) => ({
+    state: s,
+    domainSuspended: false,
+    end: 'failed',
+    error: RESTARTED(s),
+    calls: REC(1),
+    resumed: false,
+  })),
+  // A crash between persisting `suspending` and the suspend: nothing to resume.
+  {
+    state: 'suspending',
+    suspendedBy: 'agent',
+    domainSuspended: false,
+    end: 'failed',
+    error: RESTARTED('suspending'),
+    calls: REC(1),
+    resumed: false,
+  },
+  {
+    state: 'suspending',
+    suspendedBy: 'agent',
+    domainSuspended: true,
+    end: 'failed',
+    error: RESTARTED('suspending'),
+    calls: REC(1),
+    resumed: true,
+  },
+  ...(
+    [
+      ['post-suspend', 2],
+      ['post-suspended', 2],
+      ['syncing', 3],
+      ['recovering', 3],
+    ] as const
+  ).map(([s, n]) => ({
+    state: s,
+    suspendedBy: 'agent' as const,
+    domainSuspended: true,
+    end: 'failed',
+    error: RESTARTED(s),
+    calls: REC(n),
+    resumed: true,
+  })),
+  ...['refused', 'aborted', 'failed'].map((s) => ({
+    state: s,
+    domainSuspended: false,
+    end: s,
+    calls: [],
+    resumed: false,
+  })),
+];
+
+describe('crash recovery: a fresh engine over the same XenStore, for every persisted state', () => {
+  const D = 40;
+  async function reset(): Promise<void> {
+    await engine.stop();
+    await req.rm(J(D, '').slice(0, -1)).catch(() => undefined);
+    await h.setDomain(D, { shutdown: false, shutdownReason: 0, paused: 0 });
+    await writeFile(join(dir, `calls-g${D}.log`), '');
+  }
+
+  it.each(ROWS.map((r) => [`${r.state ?? '(no state)'}${r.domainSuspended ? ', domain suspended' : ''}`, r]))(
+    'row %s',
+    async (_name, row) => {
+      await reset();
+      await leftBehind(D, row.state, row.suspendedBy !== undefined ? { suspendedBy: row.suspendedBy } : {});
+      if (row.domainSuspended) await h.setDomain(D, { shutdown: true, shutdownReason: 2 });
+      const resumesBefore = (await h.getDomain(D))?.resumeCount ?? 0;
+      const mark = logs.length;
+      await freshEngine();
+      if (row.end === row.state) {
+        // none: the fresh engine sees it, names the action, and leaves it for the requester.
+        await waitLog((l) => l.includes(`job ${D}: found in state ${row.end}`) && l.endsWith('none'));
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      await waitState(D, row.end);
+      if (row.error !== undefined) {
+        expect(await read(J(D, 'error'))).toMatch(row.error);
+        expect(await read(J(D, 'recovered'))).toBe('1');
+      }
+      expect(await toolCalls(D)).toEqual(row.calls);
+      expect(((await h.getDomain(D))?.resumeCount ?? 0) - resumesBefore).toBe(row.resumed ? 1 : 0);
+      if (row.end === 'done') {
+        // Migrated from our side: suspended by the agent, for the toolstack to finish.
+        expect(await read(J(D, 'suspended-by'))).toBe('agent');
+        expect((await h.getDomain(D))?.shutdownReason).toBe(2);
+      } else {
+        expect(await running(D)).toBe(true);
+      }
+      expect(logs.slice(mark).filter((l) => l.startsWith('E '))).toEqual([]);
+    },
+  );
+
+  it('row done: adopted (domain stays suspended for the toolstack), recover then resumes it', async () => {
+    await reset();
+    await leftBehind(D, 'done', { suspendedBy: 'agent' });
+    await h.setDomain(D, { shutdown: true, shutdownReason: 2 });
+    const resumesBefore = (await h.getDomain(D))?.resumeCount ?? 0;
+    await freshEngine();
+    await waitLog((l) => l.includes(`job ${D}: found in state done`) && l.endsWith('adopt'));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await read(J(D, 'state'))).toBe('done');
+    expect((await h.getDomain(D))?.shutdownReason).toBe(2);
+    expect(await toolCalls(D)).toEqual([]);
+    expect(engine.job(D)?.state).toBe('done');
+    await control(D, 'recover');
+    await waitState(D, 'aborted');
+    expect(await read(J(D, 'recovered'))).toBe('1');
+    expect(await toolCalls(D)).toEqual(REC(3));
+    expect((await h.getDomain(D))?.resumeCount).toBe(resumesBefore + 1);
+    expect(await running(D)).toBe(true);
+  });
+
+  it('suspended by the toolstack: devices recovered, the domain left to the toolstack (not resumed by us)', async () => {
+    await reset();
+    await leftBehind(D, 'post-suspend', { suspendedBy: 'toolstack', suspend: 'toolstack' });
+    await h.setDomain(D, { shutdown: true, shutdownReason: 2 });
+    const resumesBefore = (await h.getDomain(D))?.resumeCount ?? 0;
+    await freshEngine();
+    await waitState(D, 'failed');
+    expect(await toolCalls(D)).toEqual(REC(2));
+    expect((await h.getDomain(D))?.resumeCount).toBe(resumesBefore);
+    await h.setDomain(D, { shutdown: false, shutdownReason: 0 });
+  });
+
+  it('row done with the source destroyed: nothing to do, the job stays done', async () => {
+    await reset();
+    await leftBehind(41, 'done', { suspendedBy: 'agent' });
+    await h.destroyDomain(41);
+    await freshEngine();
+    await waitLog((l) => l.includes('job 41: found in state done') && l.endsWith('adopt'));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await read(J(41, 'state'))).toBe('done');
+    expect(engine.job(41)).toBeUndefined();
+    expect(await toolCalls(41)).toEqual([]);
+  });
+});
+
+describe('per-phase timeouts, permissions and bursts on the real xenstored', () => {
+  it('post-suspend phase timeout (shorter than the tool timeout): tool killed, recovered, domain resumed', async () => {
+    const cfg: DevMigrateConfig = structuredClone(baseCfg);
+    cfg.timeouts.postSuspendMs = 1000;
+    await freshEngine(cfg);
+    try {
+      await touch('hang-g42-2');
+      const t0 = Date.now();
+      await submit(42, AUTO);
+      await waitState(42, 'failed', 10_000);
+      // The phase bound (1 s) ended it, not the tool's own 3 s timeout.
+      expect(await read(J(42, 'error'))).toMatch(
+        /^post-suspend failed by 1 device\(s\): vtpm\/0: .*timed out after 1000 ms/,
+      );
+      expect(Date.now() - t0).toBeLessThan(3000 + 2000);
+      expect(await read(J(42, 'recovered'))).toBe('1');
+      expect(await read(J(42, 'devices/vtpm/0/state'))).toBe('recovered');
+      expect((await toolCalls(42)).at(-1)).toBe('step=2-recover domid=42 devid=0');
+      expect((await h.getDomain(42))?.resumeCount).toBe(1);
+      expect(await running(42)).toBe(true);
+      // The hung tool (and its sleep) were killed with their process group.
+      const pid = Number(await readFile(join(dir, 'pid-g42-2'), 'utf8'));
+      const end = Date.now() + 3000;
+      const alive = (): boolean => {
+        try {
+          process.kill(pid, 0);
+          return true;
+        } catch {
+          return false;
+        }
+      };
+      while (alive() && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+      expect(alive()).toBe(false);
+    } finally {
+      await freshEngine();
+    }
+  });
+
+  it('a request node another domain may write: failed with the path and perms in error and log; others go on', async () => {
+    await req.transaction(async (tx) => {
+      for (const [k, v] of Object.entries(AUTO)) await tx.write(J(43, `request/${k}`), v);
+      await tx.setPerms(J(43, 'request/target'), [
+        { domid: 0, access: 'n' },
+        { domid: 43, access: 'w' },
+      ]);
+    });
+    await submit(44, AUTO);
+    await waitState(43, 'failed');
+    expect(await read(J(43, 'error'))).toBe(
+      'job ignored: /tool/devmigrate/jobs/43/request/target has permissions n0,w43 (must be owned by dom0, writable by no other domain)',
+    );
+    expect(logs.some((l) => l.startsWith('W job 43 ignored: /tool/devmigrate/jobs/43/request/target'))).toBe(
+      true,
+    );
+    // The error nodes inherit the job dir's dom0-only permissions: safe to write.
+    expect((await req.getPerms(J(43, 'error')))[0]).toEqual({ domid: 0, access: 'n' });
+    expect(await toolCalls(43)).toEqual([]);
+    await waitState(44, 'done');
+  });
+
+  it('a guest given write on control can neither drive nor abort its job; control-error says why', async () => {
+    await submit(45, STEPS);
+    await waitState(45, 'accepted');
+    await req.transaction(async (tx) => {
+      await tx.write(J(45, 'control'), '');
+      await tx.setPerms(J(45, 'control'), [
+        { domid: 0, access: 'n' },
+        { domid: 45, access: 'w' },
+      ]);
+    });
+    const asGuest = await connectXenStore({ path: host.guest(45).socketPath, timeoutMs: 5000 });
+    try {
+      await asGuest.write(J(45, 'control'), 'test');
+      await waitState(
+        45,
+        /control ignored: .*jobs\/45\/control has permissions n0,w45/,
+        5000,
+        'control-error',
+      );
+      await asGuest.write(J(45, 'control'), 'abort');
+      await new Promise((r) => setTimeout(r, 300));
+    } finally {
+      await asGuest.close();
+    }
+    expect(await read(J(45, 'state'))).toBe('accepted');
+    expect(await toolCalls(45)).toEqual([]);
+    // dom0 takes control back: a fresh node (dom0's permissions) is obeyed again.
+    await req.rm(J(45, 'control'));
+    await control(45, 'test');
+    await waitState(45, 'tested');
+    await control(45, 'abort');
+    await waitState(45, 'aborted');
+    expect(await running(45)).toBe(true);
+  });
+
+  it('a burst of 200 job requests: each answered, no fd or memory growth, a real job goes on', async () => {
+    const fds = async (): Promise<number> =>
+      (await import('node:fs/promises')).readdir('/proc/self/fd').then((l) => l.length);
+    const fdBefore = await fds();
+    const rssBefore = process.memoryUsage().rss;
+    await submit(46, AUTO);
+    const keys = Array.from({ length: 200 }, (_, i) => 2000 + i);
+    // Requesters write at once, 20 transactions in flight: their creations under jobs/ conflict
+    // with each other (EAGAIN), which is theirs to retry (xenstore-write retries without bound).
+    for (let i = 0; i < keys.length; i += 20) {
+      await Promise.all(
+        keys.slice(i, i + 20).map((k) => submit(k, { ...AUTO, id: `burst-${k}` }, undefined, 200)),
+      );
+    }
+    await waitState(46, 'done', 30_000);
+    for (const k of keys) {
+      await waitState(k, 'failed', 30_000);
+      expect(await read(J(k, 'error'))).toBe(`domain ${k} does not exist`);
+    }
+    expect(engine.jobSlots.peak).toBeLessThanOrEqual(baseCfg.limits.maxJobs);
+    expect(await fds()).toBeLessThan(fdBefore + 10);
+    expect(process.memoryUsage().rss - rssBefore).toBeLessThan(100 * 1024 * 1024);
+    await Promise.all(keys.map((k) => req.rm(J(k, '').slice(0, -1))));
+  });
+});
+
+describe('waits that end in a recovery, on the real xenstored', () => {
+  it('a guest that acks the suspend but never suspends (timeouts.suspendMs): recovered, running', async () => {
+    const t0 = Date.now();
+    await submit(47, AUTO);
+    await waitState(47, 'failed', 10_000);
+    expect(Date.now() - t0).toBeLessThan(1000 + 2000 + 3000);
+    expect(await read(J(47, 'error'))).toMatch(/^suspend failed: /);
+    expect(await read(J(47, 'recovered'))).toBe('1');
+    expect((await toolCalls(47)).at(-1)).toBe('step=1-recover domid=47 devid=0');
+    expect(await running(47)).toBe(true);
+  });
+
+  it('toolstack never suspends / requester never sends the next step: recovered, domain running', async () => {
+    const cfg: DevMigrateConfig = structuredClone(baseCfg);
+    cfg.timeouts.toolstackSuspendMs = 800;
+    cfg.timeouts.stepIdleMs = 800;
+    await freshEngine(cfg);
+    try {
+      for (const d of [43, 45]) {
+        await req.rm(J(d, '').slice(0, -1)).catch(() => undefined);
+        await writeFile(join(dir, `calls-g${d}.log`), '');
+      }
+      const resumes45 = (await h.getDomain(45))?.resumeCount ?? 0;
+      await submit(43, { ...AUTO, id: 'ts-1', suspend: 'toolstack' });
+      await submit(45, { ...STEPS, id: 'idle-1' });
+      await waitState(45, 'accepted');
+      for (const [c, st] of [
+        ['test', 'tested'],
+        ['pre-suspend', 'pre-suspended'],
+        ['post-suspend', 'post-suspended'],
+      ] as const) {
+        await control(45, c);
+        await waitState(45, st);
+      }
+      expect((await h.getDomain(45))?.shutdownReason).toBe(2);
+      await waitState(43, 'failed', 10_000);
+      expect(await read(J(43, 'error'))).toMatch(/^suspend failed: .*800/);
+      expect(await toolCalls(43)).toEqual([
+        'step=0 domid=43 devid=0',
+        'step=1 domid=43 devid=0',
+        'step=1-recover domid=43 devid=0',
+      ]);
+      expect(await running(43)).toBe(true);
+      await waitState(45, 'failed', 10_000);
+      expect(await read(J(45, 'error'))).toBe('no control within 800 ms in state post-suspended');
+      expect(await read(J(45, 'recovered'))).toBe('1');
+      expect((await toolCalls(45)).at(-1)).toBe('step=2-recover domid=45 devid=0');
+      expect((await h.getDomain(45))?.resumeCount).toBe(resumes45 + 1);
+      expect(await running(45)).toBe(true);
+    } finally {
+      await freshEngine();
+    }
   });
 });

@@ -89,9 +89,10 @@ describe('external tool', () => {
   it('a metacharacter in any argv word is refused before spawn', async () => {
     const marker = join(dir, 'pwned');
     const tool = await script('noop.sh', 'exit 0');
-    expect(() =>
+    // A rejection (not a synchronous throw): callers' async error paths see it.
+    await expect(
       runTool(tool, ['-host', `x;touch ${marker}`], { timeoutMs: 1000, killGraceMs: 100, log }),
-    ).toThrow(ToolInputError);
+    ).rejects.toBeInstanceOf(ToolInputError);
     await expect(stat(marker)).rejects.toThrow();
   });
 
@@ -126,6 +127,23 @@ describe('external tool', () => {
     const r2 = await m.test(ctx({ domainName: undefined }));
     expect(r2.ok).toBe(false);
     await expect(m.preSuspend(ctx({ target: '$(reboot)' }))).rejects.toThrow(/-host/);
+    await expect(stat(marker)).rejects.toThrow();
+  });
+
+  it('the backend type (-subtype) and the device type (-type) are checked like every other value', async () => {
+    const marker = join(dir, 'ran-subtype');
+    const tool = await script('marker2.sh', `touch ${marker}`);
+    const cfg = {
+      path: tool,
+      contract: 'external-device-migrate' as const,
+      timeoutMs: 2000,
+      passSubtype: true,
+    };
+    const evilSub = new ExternalToolMigrator({ ...dev, backend: { type: 'file;touch /tmp/x' } }, cfg, 100);
+    expect(await evilSub.test(ctx())).toEqual({ ok: false, reason: expect.stringContaining('-subtype') });
+    await expect(evilSub.recover(ctx(), 'preSuspend')).rejects.toThrow(/-subtype/);
+    const evilType = new ExternalToolMigrator({ ...dev, type: 'vtpm$(id)' }, cfg, 100);
+    expect(await evilType.test(ctx())).toEqual({ ok: false, reason: expect.stringContaining('-type') });
     await expect(stat(marker)).rejects.toThrow();
   });
 

@@ -283,6 +283,22 @@ describe('discovery', () => {
       reason: expect.stringContaining('not owned by its backend domain 7'),
     });
   });
+  it('a device dir another domain may write fails closed (its params decide nothing)', async () => {
+    const xs = host();
+    await xs.setPerms('/local/domain/0/backend/vbd/5/51712', [
+      { domid: 0, access: 'n' },
+      { domid: 5, access: 'w' },
+    ]);
+    const reg = new DeviceRegistry(defaultConfig(), probeOf({}));
+    const r = await discoverDevices(xs, 5, new BackendIndex(xs, []), reg, log);
+    const vbd = r.devices.find((d) => d.ref.type === 'vbd');
+    expect(vbd?.migrator.policy).toBe('refuse');
+    expect(vbd?.ref.backend).toEqual({});
+    expect(await vbd?.migrator.test?.(ctx)).toEqual({
+      ok: false,
+      reason: 'backend /local/domain/0/backend/vbd/5/51712 is writable by a domain other than its backend 0',
+    });
+  });
   it('ownedOnlyBy: owner first, nobody else writes', () => {
     expect(
       ownedOnlyBy(

@@ -6,6 +6,11 @@ export class FakeDomains implements DomainControl {
   readonly doms = new Map<number, DomainInfo>();
   readonly calls: string[] = [];
   refuseSuspend = new Set<number>();
+  /** Misbehaving domain layer: the suspend lands this late (ignoring its own timeouts). */
+  suspendDelayMs = 0;
+  /** Misbehaving domain layer: these calls never settle. */
+  hangSuspend = false;
+  hangResume = false;
   private listeners: ((ev: DomainEvent) => void)[] = [];
   private suspendWaiters: { domid: number; resolve: () => void }[] = [];
 
@@ -40,6 +45,8 @@ export class FakeDomains implements DomainControl {
     if (this.refuseSuspend.has(domid))
       throw new Error(`domain ${domid} did not acknowledge the suspend request`);
     if (!this.doms.has(domid)) throw new Error(`domain ${domid} does not exist`);
+    if (this.hangSuspend) return new Promise<void>(() => undefined);
+    if (this.suspendDelayMs > 0) await new Promise((r) => setTimeout(r, this.suspendDelayMs));
     this.markSuspended(domid);
   }
   /** The toolstack suspends the domain. */
@@ -48,6 +55,7 @@ export class FakeDomains implements DomainControl {
   }
   resume(domid: number): Promise<void> {
     this.calls.push(`resume ${domid}`);
+    if (this.hangResume) return new Promise<void>(() => undefined);
     const d = this.doms.get(domid);
     if (d !== undefined) {
       d.shutdown = false;

@@ -1,0 +1,31 @@
+// Structured job context for the engine's log lines: a Logger that adds { domid, job, phase,
+// device } as metadata to every line, so consumers (journald, --log-format json) filter on fields
+// instead of parsing message text. The context is read at each call: phase follows the job.
+import type { Logger } from '../devices/types.js';
+
+export interface LogContext {
+  domid?: number;
+  /** The requester's job id. */
+  job?: string;
+  /** The job's state when the line was written (testing, pre-suspend, ...). */
+  phase?: string;
+  /** `type/devid`, on lines about one device. */
+  device?: string;
+}
+
+/** A logger whose lines carry ctx() as metadata; fields given at the call site win. */
+export function withLogContext(log: Logger, ctx: () => LogContext): Logger {
+  const at =
+    (level: 'error' | 'warn' | 'info' | 'debug') =>
+    (message: string, meta?: Record<string, unknown>): void => {
+      const fields: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries(ctx())) if (v !== undefined) fields[k] = v;
+      log[level](message, meta === undefined ? fields : { ...fields, ...meta });
+    };
+  return { error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug') };
+}
+
+/** The domid of a job key ("5"), when it is one. */
+export function domidOfKey(key: string): number | undefined {
+  return /^[0-9]{1,5}$/.test(key) ? Number(key) : undefined;
+}
