@@ -26,7 +26,11 @@ export interface AgentDeps {
   connect: (config: DevMigrateConfig) => Promise<XenStore>;
   /** Builds the engine once, on the resilient connection that survives xenstored restarts. */
   createEngine: (xs: XenStore, config: DevMigrateConfig, logger: Logger) => Promise<JobEngine>;
-  /** Bound on SIGTERM's drain, ms. Default 30000 (the unit's TimeoutStopSec leaves room). */
+  /**
+   * Bound on SIGTERM's drain, ms. Default 30000. Jobs past the suspension may finish until the
+   * last min(10 s, bound/3), kept for aborting and recovering the rest; the unit's
+   * TimeoutStopSec (45 s) leaves room above it.
+   */
   drainTimeoutMs?: number;
   backoff?: BackoffOptions;
   /** How long XenStore calls wait for a reconnection, ms (ResilientXenStore.waitMs). */
@@ -193,10 +197,13 @@ export class AgentDaemon {
 
   private async doStop(reason: string): Promise<void> {
     const bound = this.deps.drainTimeoutMs ?? 30_000;
+    const t0 = performance.now();
     this.deps.notifier.stopping(`stopping (${reason})`);
     this.stopWatchdog();
     const wasReady = this.state === 'ready';
     this.state = 'draining';
+    // At once, before anything awaits: a request arriving from now on stays for the next agent.
+    this.engine?.stopAccepting();
     this.log.notice('stopping: no new jobs', {
       reason,
       active: this.engine?.activeJobs() ?? 0,
@@ -208,7 +215,7 @@ export class AgentDaemon {
       try {
         const r = await this.engine.drain(bound);
         const level = r.left > 0 ? 'error' : 'info';
-        this.log.log(level, 'drain finished', { ...r });
+        this.log.log(level, 'drain finished', { ...r, elapsed_ms: Math.round(performance.now() - t0) });
       } catch (err) {
         this.log.error('drain failed', { error: errText(err) });
       }

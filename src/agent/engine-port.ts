@@ -8,6 +8,12 @@ export interface DrainResult {
   finished: number;
   /** Jobs still not at a safe end when the bound ran out (named in the log). */
   left: number;
+  /** Of finished: jobs that ended `done` (they were past the suspension and could finish). */
+  completed?: number;
+  /** Of finished: jobs aborted, their devices recovered and the domain resumed if we suspended it. */
+  aborted?: number;
+  /** Jobs already `done` when the drain began, left as they are for the toolstack. */
+  kept?: number;
 }
 
 export interface JobEngine {
@@ -18,12 +24,14 @@ export interface JobEngine {
    * initial event makes the engine reconcile again.
    */
   start(): Promise<void>;
+  /** SIGTERM's first step, at once: no new job is taken (requests stay in XenStore untouched). */
+  stopAccepting(): void;
   /**
-   * SIGTERM: no new jobs; running ones are brought to a safe end (aborted, devices recovered,
-   * the domain resumed at the source) within timeoutMs.
+   * SIGTERM: no new jobs; jobs past the suspension may finish, the others are aborted (devices
+   * recovered, the domain resumed at the source if we suspended it), all within timeoutMs.
    */
   drain(timeoutMs: number): Promise<DrainResult>;
-  /** A new, already validated config (SIGHUP). */
+  /** A new, already validated config (SIGHUP): new limits and policies; running jobs keep theirs. */
   applyConfig(config: DevMigrateConfig): void;
   /** Jobs not yet at a final state. */
   activeJobs(): number;

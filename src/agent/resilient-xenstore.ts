@@ -2,6 +2,7 @@
 // re-registers every watch made through it (each fires its initial event again, which tells
 // its owner to reconcile), and lets calls made while disconnected wait, boundedly, for the link.
 import { XenStoreDisconnectedError } from '../xenstore/errors.js';
+import { nextWatchToken } from '../xenstore/watch-registry.js';
 import type {
   Perm,
   TransactionOptions,
@@ -81,7 +82,6 @@ export class ResilientXenStore implements XenStore {
   private readonly disconnectListeners = new Set<(err: Error) => void>();
   private readonly reconnectListeners = new Set<Listener>();
   private loop: Promise<void> | undefined;
-  private tokenSeq = 0;
   /** Successful connections so far (1 after start). */
   connections = 0;
 
@@ -258,7 +258,8 @@ export class ResilientXenStore implements XenStore {
 
   /** Registered now if connected, and again after every reconnection, with the same token. */
   async watch(path: string, opts: WatchOptions = {}): Promise<Watch> {
-    const token = opts.token ?? `devmigrate-rw-${process.pid}-${++this.tokenSeq}`;
+    // Process-wide counter: two resilient stores (or a plain client) on one xenstored never share a token.
+    const token = opts.token ?? nextWatchToken('devmigrate-rw-');
     const w = new ManagedWatch(path, token, opts.onEvent, this);
     const c = await this.conn();
     w.inner = await c.watch(path, { token, onEvent: (ev) => w.deliver(ev) });

@@ -120,7 +120,8 @@ export async function main(argv: string[], ctxOverride?: Partial<CliContext>): P
           .option('drain-timeout', {
             type: 'number',
             default: 30,
-            describe: 'SIGTERM: seconds to bring running jobs to a safe end',
+            describe:
+              'SIGTERM: seconds to bring running jobs to a safe end (jobs past the suspension may finish, others are aborted)',
           }),
       wrap(async (ctx) => {
         const a = parsedArgs;

@@ -1,11 +1,12 @@
-// The daemon over the real xenstored (xen-mocks harness) with a stand-in engine: presence
-// announced dom0-only, readiness, no XenStore traffic while idle, reconnection after a
-// xenstored restart (watches re-registered, presence re-announced), SIGHUP reload, drain on stop.
+// The daemon over the real xenstored (xen-mocks harness) with a stand-in engine: presence dom0-only,
+// readiness, no XenStore traffic while idle, reconnection after a xenstored restart (watches and
+// presence back), SIGHUP reload, drain on stop, process-wide watch tokens.
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { defaultConfig, ConfigError, type DevMigrateConfig } from '../../src/config/schema.js';
 import { AgentDaemon, AGENT_PATH } from '../../src/agent/daemon.js';
 import type { JobEngine } from '../../src/agent/engine-port.js';
 import { countingXenStore, type XsCounts } from '../../src/agent/counting-xenstore.js';
+import { ResilientXenStore } from '../../src/agent/resilient-xenstore.js';
 import { createLogger, LineCapture } from '../../src/agent/logger.js';
 import type { Notifier } from '../../src/agent/sd-notify.js';
 import { connectXenStore } from '../../src/xenstore/index.js';
@@ -42,6 +43,9 @@ class FakeEngine implements JobEngine {
   constructor(private readonly xs: XenStore) {}
   async start(): Promise<void> {
     this.watch = await this.xs.watch('/tool/devmigrate/jobs', { onEvent: (ev) => this.events.push(ev.path) });
+  }
+  stopAccepting(): void {
+    this.events.push('stop-accepting');
   }
   async drain(ms: number): Promise<{ finished: number; left: number }> {
     this.drained.push(ms);
@@ -174,9 +178,29 @@ describe('agent daemon on a real xenstored', () => {
     await daemon?.start();
     await daemon?.stop('SIGTERM');
     expect(engine?.drained).toEqual([1234]);
+    expect(engine?.events).toContain('stop-accepting');
     expect(await probe.readString(`${AGENT_PATH}/state`)).toBe('stopped');
     expect(notifier.sent).toContain('STOPPING');
     expect(daemon?.currentState).toBe('stopped');
+  });
+
+  it('resilient stores take watch tokens from the process-wide counter: never two alike', async () => {
+    const stores = [0, 1].map(
+      () =>
+        new ResilientXenStore({ connect: () => connectXenStore({ path: h.socketPath, timeoutMs: 5000 }) }),
+    );
+    try {
+      const tokens: string[] = [];
+      for (const s of stores) {
+        await s.start();
+        for (let i = 0; i < 2; i++) tokens.push((await s.watch('/tool')).token);
+      }
+      // A per-instance counter would give both stores devmigrate-rw-<pid>-1 and -2.
+      expect(new Set(tokens).size).toBe(4);
+      for (const t of tokens) expect(t).toMatch(new RegExp(`^devmigrate-rw-${process.pid}-[0-9]+$`));
+    } finally {
+      for (const s of stores) await s.close();
+    }
   });
 
   it('waits for xenstored at start instead of failing (it may start after us)', async () => {

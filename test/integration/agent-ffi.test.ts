@@ -47,6 +47,7 @@ describe('agent over libxenstore (FFI)', () => {
           engineStarts++;
           await xs.watch('/tool/devmigrate/jobs');
         },
+        stopAccepting: () => undefined,
         drain: async () => ({ finished: 0, left: 0 }),
         applyConfig: () => undefined,
         activeJobs: () => 0,

@@ -12,7 +12,8 @@ import { expand, parseCommand } from '../../src/cli/commands/migrate.js';
 import { checkTarget } from '../../src/cli/job-client.js';
 import { deviceLines, jobSummary, ProgressDisplay } from '../../src/cli/render.js';
 import { Backoff } from '../../src/agent/backoff.js';
-import { jobFields } from '../../src/agent/engine-adapter.js';
+import { engineLogger } from '../../src/agent/engine-adapter.js';
+import { createLogger, LineCapture } from '../../src/agent/logger.js';
 
 class Sink extends Writable {
   text = '';
@@ -146,14 +147,17 @@ describe('rendering', () => {
 });
 
 describe('engine log context', () => {
-  it("lifts domid, job id, phase and device out of the engine's line text", () => {
-    expect(jobFields('job 5 (cli-x): testing -> tested')).toEqual({
-      domid: 5,
-      job: 'cli-x',
-      phase: 'testing',
-    });
-    expect(jobFields('job 7: vtpm/0 refused')).toEqual({ domid: 7, device: 'vtpm/0' });
-    expect(jobFields('domain 3: guest did not ack')).toEqual({ domid: 3 });
-    expect(jobFields('agent ready')).toEqual({});
+  it("keeps the engine's metadata as fields and reads nothing out of the message text", async () => {
+    const cap = new LineCapture();
+    const log = engineLogger(createLogger({ format: 'json', stream: cap }));
+    log.info('job 5 (cli-x): testing -> tested', { domid: 5, job: 'cli-x', phase: 'testing' });
+    log.warn('job 7: vtpm/0 refused');
+    await new Promise((r) => setImmediate(r));
+    const [a, b] = cap.lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(a).toMatchObject({ level: 'info', domid: 5, job: 'cli-x', phase: 'testing' });
+    expect(a?.['device']).toBeUndefined();
+    // No parsing: a line without metadata carries no job fields, whatever its text says.
+    expect(b?.['domid']).toBeUndefined();
+    expect(b?.['device']).toBeUndefined();
   });
 });

@@ -1,7 +1,14 @@
 // Specification of the agent's log lines: journald priority prefixes without timestamps under
-// systemd, human lines with time elsewhere, JSON on request, job context on every job line.
+// systemd, human lines with time elsewhere, JSON on request, job context on every job line
+// (the engine passes it as metadata: no parsing of message text).
 import { describe, it, expect } from 'vitest';
 import { createLogger, jobLogger, LineCapture, resolveFormat, setLevel } from '../../src/agent/logger.js';
+import { engineLogger } from '../../src/agent/engine-adapter.js';
+import { defaultConfig } from '../../src/config/schema.js';
+import { DeviceRegistry } from '../../src/devices/registry.js';
+import { MigrationEngine } from '../../src/migration/engine.js';
+import { FakeDomains } from './migration-fake-domains.js';
+import { MemoryXenStore } from './migration-fake-xenstore.js';
 
 async function flush(): Promise<void> {
   await new Promise((r) => setImmediate(r));
@@ -100,5 +107,63 @@ describe('levels', () => {
     child.debug('now shown');
     await flush();
     expect(cap.lines).toEqual(['<4>shown domid=1', '<7>now shown domid=1']);
+  });
+});
+
+describe("the engine's job lines (--log-format json)", () => {
+  it('carry domid, job and phase as fields on every line of a job, and device on device lines', async () => {
+    const cap = new LineCapture();
+    const log = createLogger({ format: 'json', level: 'debug', stream: cap });
+    const xs = new MemoryXenStore();
+    const domains = new FakeDomains();
+    const dom0 = [{ domid: 0, access: 'n' as const }];
+    domains.add(9);
+    xs.put('/local/domain/0/backend/vbd/9/51712/params', '/x', dom0);
+    const cfg = defaultConfig();
+    const registry = new DeviceRegistry(cfg);
+    registry.register('vbd', {
+      inspect: () => Promise.resolve({}),
+      create: () => ({
+        policy: 'talkative',
+        test: async (ctx) => {
+          ctx.log.info('checking the image');
+          return { ok: true };
+        },
+        preSuspend: async (ctx) => ctx.log.info('bulk copy'),
+      }),
+    });
+    const engine = new MigrationEngine({ xs, domains, config: cfg, log: engineLogger(log), registry });
+    await engine.start();
+    try {
+      const base = '/tool/devmigrate/jobs/9';
+      xs.put(base, '', dom0);
+      const req = { id: 'log-1', target: 'host-b', mode: 'auto', suspend: 'agent', live: '1' };
+      for (const [k, v] of Object.entries(req)) xs.put(`${base}/request/${k}`, v, dom0);
+      const end = Date.now() + 3000;
+      while (xs.value(`${base}/state`) !== 'done' && Date.now() < end)
+        await new Promise((r) => setTimeout(r, 5));
+      expect(xs.value(`${base}/state`)).toBe('done');
+    } finally {
+      await engine.stop();
+    }
+    await flush();
+    const recs = cap.lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+    const jobLines = recs.filter((r) => r['domid'] === 9);
+    // Every state change of the job is a line, and each names the job in fields, not only in text.
+    const transitions = jobLines.filter((r) => String(r['msg']).includes(' -> '));
+    expect(transitions.map((r) => r['phase'])).toEqual(
+      expect.arrayContaining(['accepted', 'testing', 'pre-suspend', 'post-suspend', 'syncing']),
+    );
+    for (const r of jobLines) expect(r).toMatchObject({ domid: 9, job: 'log-1' });
+    expect(recs.find((r) => r['msg'] === 'checking the image')).toMatchObject({
+      domid: 9,
+      job: 'log-1',
+      phase: 'testing',
+      device: 'vbd/51712',
+    });
+    expect(recs.find((r) => r['msg'] === 'bulk copy')).toMatchObject({
+      phase: 'pre-suspend',
+      device: 'vbd/51712',
+    });
   });
 });
