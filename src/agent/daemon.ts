@@ -29,7 +29,8 @@ export interface AgentDeps {
   /**
    * Bound on SIGTERM's drain, ms. Default 30000. Jobs past the suspension may finish until the
    * last min(10 s, bound/3), kept for aborting and recovering the rest; the unit's
-   * TimeoutStopSec (45 s) leaves room above it.
+   * TimeoutStopSec (45 s) leaves room above it. A suspend handshake in flight is cancelled, not
+   * waited for (its own waits are 60 s each), so it fits in the bound.
    */
   drainTimeoutMs?: number;
   backoff?: BackoffOptions;

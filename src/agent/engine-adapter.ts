@@ -28,8 +28,8 @@ export async function createEngine(
     xenstore: xs,
     ackTimeoutMs: config.timeouts.suspendAckMs,
     suspendTimeoutMs: config.timeouts.suspendMs,
-    // Domain-control lines name the domain in their text only (its log has no metadata).
-    log: (level, msg) => logger.log(level, msg, { component: 'domains' }),
+    // Domain-control lines carry the domain as a field (domid) besides naming it in the text.
+    log: (level, msg, meta) => logger.log(level, msg, { component: 'domains', ...meta }),
   });
   const engine = new MigrationEngine({ xs, domains, config, log: engineLogger(logger) });
   return {

@@ -3,7 +3,7 @@
 // The suspend event-channel path of libxl is deliberately absent (see docs/domains.md).
 import { SHUTDOWN_CODE } from '../../native-bindings/libxenctrl.js';
 import type { WatchEvent, XenStore, Watch } from '../xenstore/types.js';
-import { DomainError } from './errors.js';
+import { DomainError, SuspendCancelledError, type CancelledEnd } from './errors.js';
 import { openXcHypervisor } from './hypervisor.js';
 import type { Hypervisor, XcHypervisorOptions } from './hypervisor.js';
 import { ReleaseWatch, coalesced } from './release-watch.js';
@@ -22,6 +22,14 @@ import {
 import type { DomainControl, DomainEvent, DomainInfo, ResumeOptions, SuspendOptions } from './types.js';
 
 export type DomainLogLevel = 'debug' | 'info' | 'warn' | 'error';
+/** Structured fields of a domain-control log line (the agent passes them to winston as metadata). */
+export interface DomainLogMeta {
+  domid?: number;
+}
+export type DomainLog = (level: DomainLogLevel, msg: string, meta?: DomainLogMeta) => void;
+
+/** Default grace after an aborted suspend, to see whether the guest suspended anyway. */
+export const SUSPEND_CANCEL_GRACE_MS = 2000;
 
 export interface DomainControlOptions extends XcHypervisorOptions {
   xenstore: XenStore;
@@ -38,7 +46,10 @@ export interface DomainControlOptions extends XcHypervisorOptions {
   hvmFallback?: boolean;
   /** Safety re-check of the domain state while waiting, besides @releaseDomain. Default 1000 ms; 0 = off. */
   recheckIntervalMs?: number;
-  log?: (level: DomainLogLevel, msg: string) => void;
+  /** Default grace after an aborted suspend (SuspendOptions.cancelGraceMs). Default 2000 ms. */
+  cancelGraceMs?: number;
+  /** Log sink; lines about one domain carry `{ domid }` as metadata (and name it in the text). */
+  log?: DomainLog;
 }
 
 /** Opens the libraries (unless a hypervisor is given) and returns a DomainControl. */
@@ -48,7 +59,24 @@ export function createDomainControl(opts: DomainControlOptions): XenDomainContro
   return new XenDomainControl(hv, ownsHypervisor, opts);
 }
 
-type AckOutcome = 'acked' | 'suspended' | 'timeout';
+type AckOutcome = 'acked' | 'suspended' | 'timeout' | 'aborted';
+
+/** Internal: a wait ended by the caller's signal (turned into SuspendCancelledError after the grace). */
+class WaitAborted extends Error {
+  override readonly name = 'WaitAborted';
+}
+
+/** What an abort needs: the caller's signal and the grace it allows. */
+interface Cancel {
+  signal: AbortSignal;
+  graceMs: number;
+}
+
+function reasonText(signal: AbortSignal): string {
+  const r: unknown = signal.reason;
+  if (r instanceof Error) return r.message;
+  return r === undefined ? 'aborted' : String(r);
+}
 
 export class XenDomainControl implements DomainControl {
   private readonly xs: XenStore;
@@ -57,7 +85,8 @@ export class XenDomainControl implements DomainControl {
   private readonly suspendTimeoutMs: number;
   private readonly hvmFallback: boolean;
   private readonly recheckMs: number;
-  private readonly log: (level: DomainLogLevel, msg: string) => void;
+  private readonly cancelGraceMs: number;
+  private readonly log: DomainLog;
   private readonly suspending = new Set<number>();
   /** Cancels every pending wait (close()). */
   private readonly aborts = new Set<(err: Error) => void>();
@@ -77,6 +106,7 @@ export class XenDomainControl implements DomainControl {
     this.suspendTimeoutMs = opts.suspendTimeoutMs ?? LIBXL_SUSPEND_TIMEOUT_MS;
     this.hvmFallback = opts.hvmFallback ?? true;
     this.recheckMs = opts.recheckIntervalMs ?? 1000;
+    this.cancelGraceMs = opts.cancelGraceMs ?? SUSPEND_CANCEL_GRACE_MS;
     this.log = opts.log ?? (() => undefined);
   }
 
@@ -112,18 +142,41 @@ export class XenDomainControl implements DomainControl {
     if (this.suspending.has(domid))
       throw new DomainError('busy', domid, 'suspend', 'a suspend is already in progress');
     this.suspending.add(domid);
+    const cancel: Cancel | undefined =
+      opts.signal === undefined
+        ? undefined
+        : { signal: opts.signal, graceMs: opts.cancelGraceMs ?? this.cancelGraceMs };
     try {
       await this.suspendSteps(
         domid,
         opts.ackTimeoutMs ?? this.ackTimeoutMs,
         opts.suspendTimeoutMs ?? this.suspendTimeoutMs,
+        cancel,
       );
     } finally {
       this.suspending.delete(domid);
     }
   }
 
-  private async suspendSteps(domid: number, ackTimeoutMs: number, suspendTimeoutMs: number): Promise<void> {
+  private async suspendSteps(
+    domid: number,
+    ackTimeoutMs: number,
+    suspendTimeoutMs: number,
+    cancel: Cancel | undefined,
+  ): Promise<void> {
+    // Before anything is asked, an abort changes nothing: no grace needed.
+    const notYet = (step: string): void => {
+      if (cancel?.signal.aborted === true) {
+        throw new SuspendCancelledError(
+          domid,
+          step,
+          'running',
+          false,
+          `suspend cancelled (${reasonText(cancel.signal)}) before anything was asked; domain running`,
+        );
+      }
+    };
+    notYet('check');
     const info = checkSuspendable(domid, await this.hv.info(domid));
     const hvmParams = info.hvm ? await this.readHvmParams(domid) : undefined;
     const method = chooseSuspendMethod(info.hvm, hvmParams);
@@ -131,9 +184,13 @@ export class XenDomainControl implements DomainControl {
     await this.xsStep(domid, 'watch @releaseDomain', () => this.release.ensure());
 
     if (method === 'hypervisor') {
-      this.log('debug', `domain ${domid}: HVM without PV drivers: xc_domain_shutdown(SHUTDOWN_suspend)`);
+      notYet('xc_domain_shutdown');
+      this.log('debug', `domain ${domid}: HVM without PV drivers: xc_domain_shutdown(SHUTDOWN_suspend)`, {
+        domid,
+      });
+      // One hypercall: nothing to cancel once made; an abort after it still reports the outcome.
       await this.hv.shutdown(domid, SHUTDOWN_CODE.suspend);
-      await this.waitSuspended(domid, suspendTimeoutMs, 'wait-suspended');
+      await this.waitSuspendedOrCancel(domid, suspendTimeoutMs, 'wait-suspended', cancel);
       return;
     }
 
@@ -143,6 +200,7 @@ export class XenDomainControl implements DomainControl {
     const feature = parseFeatureSuspend(
       await this.xsStep(domid, 'read feature-suspend', () => this.xs.tryRead(`${control}/feature-suspend`)),
     );
+    notYet('feature-suspend');
     if (feature === 'no') {
       throw new DomainError(
         'guest-refuses',
@@ -152,11 +210,11 @@ export class XenDomainControl implements DomainControl {
       );
     }
 
-    this.log('debug', `domain ${domid}: writing suspend to ${shutdownPath}`);
+    this.log('debug', `domain ${domid}: writing suspend to ${shutdownPath}`, { domid });
     await this.xsStep(domid, 'request', () => this.xs.write(shutdownPath, 'suspend'));
-    const ack = await this.waitAck(domid, shutdownPath, ackTimeoutMs);
+    const ack = await this.waitAck(domid, shutdownPath, ackTimeoutMs, cancel?.signal);
     if (ack === 'suspended') return;
-    if (ack === 'timeout') {
+    if (ack === 'timeout' || ack === 'aborted') {
       // Re-read and clear in one transaction: a last-minute ack must not be overwritten.
       const outcome = await this.xsStep(domid, 'cancel', () =>
         this.xs.transaction(async (tx) => {
@@ -166,17 +224,25 @@ export class XenDomainControl implements DomainControl {
           return 'cancelled' as const;
         }),
       );
+      if (ack === 'aborted' && cancel !== undefined) {
+        const note =
+          outcome === 'cancelled' ? 'request withdrawn before any ack' : 'the guest had already acked';
+        this.log('warn', `domain ${domid}: suspend aborted while waiting for the ack: ${note}`, { domid });
+        throw await this.cancelAfterGrace(domid, 'ack', cancel, note, outcome === 'late-ack');
+      }
       if (outcome === 'cancelled') {
         if (afterAckTimeout(feature, info.hvm, this.hvmFallback) === 'hypervisor') {
+          notYet('xc_domain_shutdown');
           this.log(
             'warn',
             `domain ${domid}: no ack, feature-suspend unset: falling back to xc_domain_shutdown`,
+            { domid },
           );
           await this.hv.shutdown(domid, SHUTDOWN_CODE.suspend);
-          await this.waitSuspended(domid, suspendTimeoutMs, 'wait-suspended');
+          await this.waitSuspendedOrCancel(domid, suspendTimeoutMs, 'wait-suspended', cancel);
           return;
         }
-        this.log('error', `domain ${domid}: guest didn't acknowledge suspend, request cancelled`);
+        this.log('error', `domain ${domid}: guest didn't acknowledge suspend, request cancelled`, { domid });
         throw new DomainError(
           'ack-timeout',
           domid,
@@ -184,9 +250,66 @@ export class XenDomainControl implements DomainControl {
           `guest did not acknowledge suspend within ${ackTimeoutMs} ms; request cancelled`,
         );
       }
-      this.log('debug', `domain ${domid}: last-minute ack`);
+      this.log('debug', `domain ${domid}: last-minute ack`, { domid });
     }
-    await this.waitSuspended(domid, suspendTimeoutMs, 'wait-suspended');
+    await this.waitSuspendedOrCancel(domid, suspendTimeoutMs, 'wait-suspended', cancel);
+  }
+
+  /** waitSuspended, where an abort of the caller's signal ends in the grace and 'cancelled'. */
+  private async waitSuspendedOrCancel(
+    domid: number,
+    timeoutMs: number,
+    step: string,
+    cancel: Cancel | undefined,
+  ): Promise<void> {
+    try {
+      await this.waitSuspended(domid, timeoutMs, step, cancel?.signal);
+    } catch (err) {
+      if (!(err instanceof WaitAborted) || cancel === undefined) throw err;
+      this.log('warn', `domain ${domid}: suspend aborted while waiting for shutdown(suspend)`, { domid });
+      throw await this.cancelAfterGrace(domid, step, cancel, 'the suspend had been accepted', true);
+    }
+  }
+
+  /**
+   * After an abort: waits at most the grace for the domain to be seen suspended (a guest that acked
+   * before the request was withdrawn carries on), then builds the 'cancelled' error saying how the
+   * domain ended. Failures other than "not suspended in time", "gone" or another shutdown propagate.
+   */
+  private async cancelAfterGrace(
+    domid: number,
+    step: string,
+    cancel: Cancel,
+    note: string,
+    acked: boolean,
+  ): Promise<SuspendCancelledError> {
+    let end: CancelledEnd;
+    try {
+      await this.waitSuspended(domid, cancel.graceMs, `${step} (cancel grace)`);
+      end = 'suspended';
+    } catch (err) {
+      if (!(err instanceof DomainError)) throw err;
+      if (err.code === 'suspend-timeout') end = 'running';
+      else if (err.code === 'gone') end = 'gone';
+      else if (err.code === 'unexpected-shutdown') end = 'shutdown';
+      else throw err;
+    }
+    const how: Record<CancelledEnd, string> = {
+      suspended: 'the domain ended suspended (resume it)',
+      running: `the domain was not suspended within the ${cancel.graceMs} ms grace`,
+      gone: 'the domain is gone',
+      shutdown: 'the domain shut down for another reason',
+    };
+    this.log(end === 'suspended' ? 'warn' : 'info', `domain ${domid}: suspend cancelled: ${how[end]}`, {
+      domid,
+    });
+    return new SuspendCancelledError(
+      domid,
+      step,
+      end,
+      acked,
+      `suspend cancelled (${reasonText(cancel.signal)}); ${note}; ${how[end]}`,
+    );
   }
 
   /**
@@ -199,7 +322,9 @@ export class XenDomainControl implements DomainControl {
     try {
       return await this.hv.hvmSuspendParams(domid);
     } catch (err) {
-      this.log('warn', `domain ${domid}: cannot read HVM params (${String(err)}): asking the guest`);
+      this.log('warn', `domain ${domid}: cannot read HVM params (${String(err)}): asking the guest`, {
+        domid,
+      });
       return undefined;
     }
   }
@@ -227,7 +352,12 @@ export class XenDomainControl implements DomainControl {
    * Waits for the guest's ack on control/shutdown. A death or a shutdown seen on @releaseDomain
    * ends the wait at once (a guest may suspend without writing the ack).
    */
-  private waitAck(domid: number, path: string, timeoutMs: number): Promise<AckOutcome> {
+  private waitAck(
+    domid: number,
+    path: string,
+    timeoutMs: number,
+    signal: AbortSignal | undefined,
+  ): Promise<AckOutcome> {
     return new Promise<AckOutcome>((resolve, reject) => {
       let done = false;
       let watch: Watch | undefined;
@@ -286,6 +416,15 @@ export class XenDomainControl implements DomainControl {
       const abort = (err: Error): void => finish(err);
       this.aborts.add(abort);
       cleanups.push(() => this.aborts.delete(abort));
+      if (signal !== undefined) {
+        if (signal.aborted) {
+          finish(undefined, 'aborted');
+          return;
+        }
+        const onSignal = (): void => finish(undefined, 'aborted');
+        signal.addEventListener('abort', onSignal, { once: true });
+        cleanups.push(() => signal.removeEventListener('abort', onSignal));
+      }
 
       this.xs.watch(path, { onEvent: (_ev: WatchEvent) => checkNode(), onError: fail }).then((w) => {
         if (done) void w.close().catch(() => undefined);
@@ -294,8 +433,11 @@ export class XenDomainControl implements DomainControl {
     });
   }
 
-  /** Waits until the domain is shut down with reason suspend; rejects on timeout, death, other reason. */
-  private waitSuspended(domid: number, timeoutMs: number, step: string): Promise<void> {
+  /**
+   * Waits until the domain is shut down with reason suspend; rejects on timeout, death, other
+   * reason, and with WaitAborted when `signal` fires.
+   */
+  private waitSuspended(domid: number, timeoutMs: number, step: string, signal?: AbortSignal): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       let done = false;
       const cleanups: (() => void)[] = [];
@@ -355,6 +497,15 @@ export class XenDomainControl implements DomainControl {
       const abort = (err: Error): void => finish(err);
       this.aborts.add(abort);
       cleanups.push(() => this.aborts.delete(abort));
+      if (signal !== undefined) {
+        if (signal.aborted) {
+          finish(new WaitAborted(reasonText(signal)));
+          return;
+        }
+        const onSignal = (): void => finish(new WaitAborted(reasonText(signal)));
+        signal.addEventListener('abort', onSignal, { once: true });
+        cleanups.push(() => signal.removeEventListener('abort', onSignal));
+      }
       cleanups.push(this.release.listen((err) => (err !== undefined ? fail(err) : check())));
       this.release.ensure().then(check, fail);
     });
@@ -377,7 +528,9 @@ export class XenDomainControl implements DomainControl {
         await this.hv.resume(domid, fast);
       } catch (err) {
         if (!fast) throw err;
-        this.log('warn', `domain ${domid}: fast resume failed (${String(err)}), trying slow resume`);
+        this.log('warn', `domain ${domid}: fast resume failed (${String(err)}), trying slow resume`, {
+          domid,
+        });
         await this.hv.resume(domid, false);
       }
       // XS_RESUME clears xenstored's "shut down" mark, so the next shutdown fires @releaseDomain again.

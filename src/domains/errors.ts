@@ -31,7 +31,9 @@ export type DomainErrorCode =
   /** A XenStore operation failed. */
   | 'xenstore'
   /** DomainControl was closed. */
-  | 'closed';
+  | 'closed'
+  /** The caller aborted the suspend (SuspendOptions.signal); see SuspendCancelledError. */
+  | 'cancelled';
 
 export class DomainError extends Error {
   override readonly name = 'DomainError';
@@ -46,5 +48,28 @@ export class DomainError extends Error {
     options?: { cause?: unknown },
   ) {
     super(`domain ${domid}: ${step}: ${message}${errno !== undefined ? ` (${errno})` : ''}`, options);
+  }
+}
+
+/** How a cancelled suspend left the domain, at the end of the grace. */
+export type CancelledEnd = 'suspended' | 'running' | 'gone' | 'shutdown';
+
+/**
+ * suspend() was aborted through its signal. `suspended` is true when the domain ended shut down
+ * with reason suspend (the guest acked before the cancel, or suspended anyway): resume it.
+ */
+export class SuspendCancelledError extends DomainError {
+  readonly suspended: boolean;
+  constructor(
+    domid: number,
+    step: string,
+    readonly end: CancelledEnd,
+    /** The guest acked (or the hypervisor was asked) before the cancel: it may still suspend later. */
+    readonly acked: boolean,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super('cancelled', domid, step, message, undefined, options);
+    this.suspended = end === 'suspended';
   }
 }

@@ -20,6 +20,16 @@ export interface SuspendOptions {
   ackTimeoutMs?: number;
   /** Wait for the domain to be shut down with reason suspend after the ack (libxl: 60 s). */
   suspendTimeoutMs?: number;
+  /**
+   * Cancels the suspend. While waiting for the ack, the request is withdrawn as on an ack timeout
+   * (control/shutdown cleared in a transaction if it still says "suspend"); then, and while waiting
+   * for shutdown(suspend), a short grace (cancelGraceMs) shows whether the guest suspended anyway.
+   * suspend() then rejects with a SuspendCancelledError (code 'cancelled', `suspended` says how the
+   * domain ended): the caller resumes it if so.
+   */
+  signal?: AbortSignal;
+  /** After an abort, how long to watch for a guest that suspends anyway. Default 2000 ms. */
+  cancelGraceMs?: number;
 }
 
 export interface ResumeOptions {

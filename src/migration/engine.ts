@@ -210,7 +210,9 @@ export class MigrationEngine {
    * SIGTERM: takes no new job and brings every running one to a safe end within timeoutMs.
    * Jobs past the suspension (post-suspend, post-suspended, syncing) may finish: the guest is
    * already stopped and its devices nearly copied. Jobs before it are aborted at once (devices
-   * recovered; the guest keeps running). At timeoutMs minus a reserve for recovery
+   * recovered; the guest keeps running), `suspending` included: the job's abort signal cancels
+   * the agent's suspend handshake (a 2 s grace, not its ack + suspend waits) and the domain is
+   * resumed if it ended suspended. At timeoutMs minus a reserve for recovery
    * (min(10 s, timeoutMs / 3)) whatever still runs is aborted and recovered (the domain resumed
    * if the agent suspended it). `done` jobs are left as they are, for the toolstack. Then the
    * jobs watch is closed. A job still not settled at timeoutMs is counted in `left` and named.

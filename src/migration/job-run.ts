@@ -6,6 +6,7 @@ import { setMaxListeners } from 'node:events';
 import type { DevMigrateConfig } from '../config/schema.js';
 import type { DiscoveredDevice } from '../devices/discovery.js';
 import { DeviceOpError, type JobContext, type Logger, type OpContext } from '../devices/types.js';
+import { SuspendCancelledError } from '../domains/errors.js';
 import type { DomainControl } from '../domains/types.js';
 import { DomainGoneError, EngineTimeoutError, JobAbortedError, oneLine } from './errors.js';
 import type { JobRequest } from './job-schema.js';
@@ -60,6 +61,13 @@ const DEVICE_DONE_STATE: Record<Phase, string> = {
   sync: 'synced',
 };
 const PHASE_ORDER: readonly Phase[] = ['test', 'preSuspend', 'postSuspend', 'sync'];
+/**
+ * An aborted agent suspend: the domain layer withdraws the request and watches this long for a
+ * guest that suspends anyway; the engine allows that plus a margin (the withdrawing transaction,
+ * one info call) before it recovers without the call's answer.
+ */
+const SUSPEND_CANCEL_GRACE_MS = 2000;
+const SUSPEND_CANCEL_MARGIN_MS = 3000;
 
 function now(): number {
   return performance.now();
@@ -101,6 +109,20 @@ function bounded<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   ]).finally(() => clearTimeout(t));
 }
 
+/** True if p settled within ms (its outcome is not looked at). */
+async function settledWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let t: NodeJS.Timeout | undefined;
+  const r = await Promise.race([
+    p.then(
+      () => true,
+      () => true,
+    ),
+    new Promise<boolean>((resolve) => (t = setTimeout(() => resolve(false), ms))),
+  ]);
+  clearTimeout(t);
+  return r;
+}
+
 /** new: the engine persisted `accepted`; recover/adopt: per the recovery table after a restart. */
 export type JobStart =
   | { kind: 'new' }
@@ -116,6 +138,8 @@ export class JobRun {
   private weSuspended = false;
   /** The agent's suspend call, settled or not: recovery waits for it before deciding to resume. */
   private suspendCall: Promise<unknown> | undefined;
+  /** Set when the agent's suspend was cancelled after the guest acked and it had not suspended. */
+  private ackedNotSuspended = false;
   private detached = false;
   private stepWaiter: ((c: Step) => void) | undefined;
   /** A step control that arrived before the run loop waited for it (the requester is fast). */
@@ -377,16 +401,28 @@ export class JobRun {
       if (this.request.suspend === 'agent') {
         this.weSuspended = true;
         const bound = t.suspendAckMs + t.suspendMs + 1000;
+        // The job's signal (requester abort, deadline, drain, stop, domain gone) cancels the
+        // handshake: the call settles within the grace instead of its ack + suspend timeouts.
         const p = bounded(
           this.deps.domains.suspend(this.domid, {
             ackTimeoutMs: t.suspendAckMs,
             suspendTimeoutMs: t.suspendMs,
+            signal,
+            cancelGraceMs: SUSPEND_CANCEL_GRACE_MS,
           }),
           bound,
           'suspend',
         );
-        this.suspendCall = p.catch(() => undefined);
-        await untilAborted(p, signal, bound);
+        this.suspendCall = p.then(
+          () => undefined,
+          (err: unknown) => {
+            if (err instanceof SuspendCancelledError) {
+              this.ackedNotSuspended = err.acked && err.end === 'running';
+              this.log.info(`job ${this.domid}: ${oneLine(err.message)}`, { suspended: err.suspended });
+            }
+          },
+        );
+        await untilAborted(p, signal, SUSPEND_CANCEL_GRACE_MS + SUSPEND_CANCEL_MARGIN_MS);
       } else {
         const p = bounded(
           this.deps.domains.waitForSuspended(this.domid, t.toolstackSuspendMs),
@@ -602,15 +638,28 @@ export class JobRun {
       clearTimeout(timer);
     }
     let resumeError: string | undefined;
+    let lateNote: string | undefined;
     if (this.weSuspended && !gone) {
       try {
         // A suspend still in flight (aborted mid-handshake) could land after the check below and
-        // leave the guest suspended: let it settle first (it is bounded).
-        await this.suspendCall;
+        // leave the guest suspended: let it settle first. Aborted, it settles within its cancel
+        // grace; the wait is bounded here too, whatever the domain layer does.
+        if (this.suspendCall !== undefined) {
+          const settled = await settledWithin(
+            this.suspendCall,
+            SUSPEND_CANCEL_GRACE_MS + SUSPEND_CANCEL_MARGIN_MS,
+          );
+          if (!settled) this.log.warn(`job ${this.domid}: the suspend call has not settled; deciding now`);
+        }
         const info = await this.deps.domains.info(this.domid);
         if (info !== undefined && (info.paused || (info.shutdown && info.shutdownReason === 'suspend'))) {
           await bounded(this.deps.domains.resume(this.domid), recoverMs, 'resume');
           this.log.info(`job ${this.domid}: domain resumed at the source`);
+        } else if (this.ackedNotSuspended && info !== undefined && !info.shutdown) {
+          // Nobody waits for a suspend that lands after the cancel grace: say so where it is read.
+          lateNote =
+            'the guest had acked the suspend request; if it suspends late, resume it (xl shows it suspended)';
+          this.log.warn(`job ${this.domid}: ${lateNote}`);
         }
       } catch (err) {
         resumeError = oneLine(`resume failed: ${(err as Error).message}`);
@@ -620,6 +669,7 @@ export class JobRun {
     const parts = [this.abortWhy];
     if (failures.length > 0) parts.push(`recover failed for ${failures.join('; ')}`);
     if (resumeError !== undefined) parts.push(resumeError);
+    if (lateNote !== undefined) parts.push(lateNote);
     const error = oneLine(
       this.abortCause === 'gone'
         ? `domain ${this.domid} was destroyed; ${parts.slice(1).join('; ') || 'devices recovered'}`

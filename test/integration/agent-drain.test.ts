@@ -1,6 +1,7 @@
 // SIGTERM on the built agent (a child process) over a simulated host: a job in syncing finishes
 // done, a job in pre-suspend is aborted with the guest running, a request written while the agent
-// drains stays untouched for the next agent, and the process exits 0 within its drain bound.
+// drains stays untouched for the next agent, a job in suspending whose guest never acks has its
+// handshake cancelled (not waited for), and the process exits 0 within its drain bound.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -101,10 +102,16 @@ describe('agent SIGTERM drain (process, simulated host)', () => {
       JSON.stringify({
         disks: { sharedPathPrefixes: ['/srv/shared/'] },
         devices: { vif: { tool: { path: tool, timeoutMs: 30_000 } } },
-        timeouts: { suspendAckMs: 5000, suspendMs: 5000 },
+        // libxl's handshake waits: longer than the drain bound, so only a cancel ends them in time.
+        timeouts: { suspendAckMs: 60_000, suspendMs: 60_000 },
       }),
     );
-    const guests = [guest(31, 'drainsync'), guest(32, 'drainpre'), guest(33, 'drainlate')];
+    const guests = [
+      guest(31, 'drainsync'),
+      guest(32, 'drainpre'),
+      guest(33, 'drainlate'),
+      { ...guest(34, 'draincancel'), simMode: 'never-ack' as const },
+    ];
     sim = await startSim({ dir: join(dir, 'xenstored'), desc: { guests } });
     xs = await connectXenStore({ path: sim.harness.socketPath, timeoutMs: 10_000 });
   }, 60_000);
@@ -181,5 +188,39 @@ describe('agent SIGTERM drain (process, simulated host)', () => {
     expect(await xs.tryRead('/tool/devmigrate/jobs/32/recovered')).toBe('1');
     expect(await xs.tryRead('/tool/devmigrate/jobs/32/suspended-by')).toBeUndefined();
     expect(await running(32)).toBe(true);
+  }, 60_000);
+
+  it('a job in suspending (guest never acks): handshake cancelled, recovered, guest running, exit 0 fast', async () => {
+    const agent = await startAgent();
+    await writeRequest(xs, 34, { id: newJobId(), target: 'host-b', mode: 'auto', suspend: 'agent' });
+    await waitWatched(
+      xs,
+      '/local/domain/34/control/shutdown',
+      async () => (await xs.tryRead('/local/domain/34/control/shutdown')) === 'suspend',
+      20_000,
+      'the suspend request',
+    );
+    expect(await state(34)).toBe('suspending');
+    const { code, ms } = await term(agent);
+    console.log(`SIGTERM in suspending (never-ack guest): exit ${code} after ${ms} ms (bound ${DRAIN_S} s)`);
+    expect(code).toBe(0);
+    // The 2 s cancel grace and the recovery; not the 60 s ack wait, and well within the bound.
+    expect(ms).toBeLessThan(6000);
+    expect(await state(34)).toBe('aborted');
+    expect(await xs.tryRead('/tool/devmigrate/jobs/34/recovered')).toBe('1');
+    expect(await xs.tryRead('/tool/devmigrate/jobs/34/suspended-by')).toBe('agent');
+    expect(await xs.tryRead('/local/domain/34/control/shutdown')).toBe('');
+    expect(await running(34)).toBe(true);
+    // Domain-control lines carry the domain as a field.
+    const recs = (await readFile(agentLogPath(dir, runs), 'utf8'))
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const dom = recs.filter((r) => r['component'] === 'domains');
+    expect(dom.length).toBeGreaterThan(0);
+    for (const r of dom) expect(r['domid']).toBe(34);
+    expect(dom.map((r) => String(r['msg']))).toEqual(
+      expect.arrayContaining([expect.stringContaining('suspend aborted while waiting for the ack')]),
+    );
   }, 60_000);
 });

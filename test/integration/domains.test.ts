@@ -4,7 +4,8 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createDomainControl } from '../../src/domains/domain-control.js';
 import type { XenDomainControl } from '../../src/domains/domain-control.js';
-import { DomainError } from '../../src/domains/errors.js';
+import { DomainError, SuspendCancelledError } from '../../src/domains/errors.js';
+import { openXcHypervisor } from '../../src/domains/hypervisor.js';
 import type { DomainEvent } from '../../src/domains/types.js';
 import { connectXenStore } from '../../src/xenstore/index.js';
 import type { XenStore, XsOps } from '../../src/xenstore/types.js';
@@ -97,6 +98,22 @@ async function failure(p: Promise<unknown>): Promise<DomainError> {
 
 const shutdownNode = (domid: number): Promise<string | undefined> =>
   xs.tryRead(`/local/domain/${domid}/control/shutdown`);
+
+/** Polls cond every 10 ms; throws after ms (every wait has a timeout). */
+async function until(cond: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+async function cancelled(p: Promise<unknown>): Promise<SuspendCancelledError> {
+  const err = await failure(p);
+  if (!(err instanceof SuspendCancelledError)) throw err;
+  expect(err.code).toBe('cancelled');
+  return err;
+}
 
 describe('suspend and resume of a cooperative guest', () => {
   it('suspends through control/shutdown, then resumes (fast) and can suspend again', async () => {
@@ -349,5 +366,203 @@ describe('toolstack mode and events', () => {
       { kind: 'suspended', domid },
       { kind: 'gone', domid },
     ]);
+  });
+});
+
+describe('a suspend cancelled through its signal', () => {
+  // Long handshake timeouts: only the abort can end these suspends quickly.
+  const LONG = { ackTimeoutMs: 20_000, suspendTimeoutMs: 20_000, cancelGraceMs: 300 };
+
+  it('during the ack wait (never-ack guest): request withdrawn in a transaction, cancelled at once, running', async () => {
+    const { domid, guest } = await newGuest({ boot: 'never-ack' });
+    const ac = new AbortController();
+    counter.reset();
+    const p = cancelled(dc.suspend(domid, { ...LONG, signal: ac.signal }));
+    await until(() => guest?.stats.requests === 1, 5000, 'the guest to see the request');
+    const beforeAbort = counter.log.length;
+    const t0 = Date.now();
+    ac.abort(new Error('agent stopping'));
+    const err = await p;
+    const ms = Date.now() - t0;
+    expect(err.step).toBe('ack');
+    expect(err.suspended).toBe(false);
+    expect(err.end).toBe('running');
+    expect(err.acked).toBe(false);
+    expect(err.message).toContain('agent stopping');
+    expect(err.message).toContain('request withdrawn');
+    // Withdrawal + the 300 ms grace, nowhere near the 20 s ack timeout.
+    expect(ms).toBeGreaterThanOrEqual(250);
+    expect(ms).toBeLessThan(1500);
+    expect(await shutdownNode(domid)).toBe('');
+    const after = counter.log.slice(beforeAbort);
+    const start = after.indexOf('transaction_start');
+    expect(start).toBeGreaterThanOrEqual(0);
+    expect(after.slice(start, start + 4)).toEqual([
+      'transaction_start',
+      'tx:tryRead',
+      'tx:write',
+      'transaction_end',
+    ]);
+    expect(await dc.info(domid)).toMatchObject({ shutdown: false, paused: false });
+    // The busy mark is gone: another suspend may start (and is itself cancelled at once).
+    const again = new AbortController();
+    again.abort(new Error('no'));
+    expect((await cancelled(dc.suspend(domid, { ...LONG, signal: again.signal }))).step).toBe('check');
+  });
+
+  it('aborted before the call: nothing asked, nothing written', async () => {
+    const { domid, guest } = await newGuest();
+    const ac = new AbortController();
+    ac.abort(new Error('too late'));
+    const err = await cancelled(dc.suspend(domid, { signal: ac.signal }));
+    expect(err.suspended).toBe(false);
+    expect(guest?.stats.requests).toBe(0);
+    expect(await shutdownNode(domid)).toBe('');
+  });
+
+  it('a guest that acks inside the withdrawal wins the race and suspends in the grace: cancelled, suspended', async () => {
+    const { domid } = await newGuest({ boot: 'never-ack' });
+    const path = `/local/domain/${domid}/control/shutdown`;
+    const asGuest = await connectXenStore({
+      path: hosts[hosts.length - 1]?.guest(domid).socketPath,
+      timeoutMs: 10_000,
+    });
+    let raced = false;
+    // The guest acks right after the withdrawing transaction read "suspend" (the commit conflicts,
+    // the retry sees the ack and leaves it), then suspends 100 ms later.
+    const racing = new Proxy(xs, {
+      get(obj, prop, receiver) {
+        if (prop !== 'transaction') return Reflect.get(obj, prop, receiver) as unknown;
+        return <T>(body: (tx: XsOps) => Promise<T>) =>
+          obj.transaction(async (tx) => {
+            const v = await tx.tryRead(path);
+            if (!raced && v === 'suspend') {
+              raced = true;
+              await asGuest.write(path, '');
+              setTimeout(() => void h.setDomain(domid, { shutdown: true, shutdownReason: 2 }), 100);
+            }
+            return body(tx);
+          });
+      },
+    });
+    const dc2 = createDomainControl({
+      xenstore: racing,
+      libxenctrlPath: h.env['DEVMIGRATE_LIBXENCTRL'],
+      libxenguestPath: h.env['DEVMIGRATE_LIBXENGUEST'],
+      recheckIntervalMs: 100,
+    });
+    try {
+      const ac = new AbortController();
+      const p = cancelled(dc2.suspend(domid, { ...LONG, cancelGraceMs: 1500, signal: ac.signal }));
+      await until(async () => (await shutdownNode(domid)) === 'suspend', 5000, 'the request');
+      const t0 = Date.now();
+      ac.abort(new Error('abort requested'));
+      const err = await p;
+      expect(raced).toBe(true);
+      expect(err.message).toContain('already acked');
+      expect(err.suspended).toBe(true);
+      expect(err.acked).toBe(true);
+      expect(Date.now() - t0).toBeLessThan(1500);
+      expect(await shutdownNode(domid)).toBe('');
+      await dc2.resume(domid);
+      expect(await dc2.info(domid)).toMatchObject({ shutdown: false, paused: false });
+    } finally {
+      await dc2.close();
+      await asGuest.close();
+    }
+  });
+
+  it('after the ack (ack-no-suspend guest): waits only the grace, cancelled, still running', async () => {
+    const { domid, guest } = await newGuest({ boot: 'ack-no-suspend' });
+    const ac = new AbortController();
+    const p = cancelled(dc.suspend(domid, { ...LONG, signal: ac.signal }));
+    await until(() => guest?.stats.acks === 1, 5000, 'the ack');
+    const t0 = Date.now();
+    ac.abort(new Error('agent stopping'));
+    const err = await p;
+    const ms = Date.now() - t0;
+    expect(err.step).toBe('wait-suspended');
+    expect(err.suspended).toBe(false);
+    expect(err.acked).toBe(true);
+    expect(ms).toBeGreaterThanOrEqual(250);
+    expect(ms).toBeLessThan(1500);
+    expect(await dc.info(domid)).toMatchObject({ shutdown: false, paused: false });
+  });
+
+  it('after the ack, a slow guest suspends during the grace: cancelled, suspended, resume brings it back', async () => {
+    const { domid, guest } = await newGuest({ boot: 'ack-no-suspend' });
+    const ac = new AbortController();
+    const p = cancelled(dc.suspend(domid, { ...LONG, cancelGraceMs: 2000, signal: ac.signal }));
+    await until(() => guest?.stats.acks === 1, 5000, 'the ack');
+    const t0 = Date.now();
+    ac.abort(new Error('agent stopping'));
+    // The guest finishes its suspend (SCHEDOP_shutdown) 200 ms into the grace.
+    setTimeout(() => void h.setDomain(domid, { shutdown: true, shutdownReason: 2 }), 200);
+    const err = await p;
+    expect(err.suspended).toBe(true);
+    expect(err.end).toBe('suspended');
+    expect(err.message).toContain('ended suspended');
+    // Ends when the suspension is seen, not at the end of the grace.
+    expect(Date.now() - t0).toBeLessThan(1500);
+    await dc.resume(domid);
+    expect(await dc.info(domid)).toMatchObject({ shutdown: false, paused: false });
+  });
+
+  it('HVM without PV drivers: the single hypercall is not undone; the cancel reports it suspended', async () => {
+    const { domid } = await newGuest({ hvm: true, pvDrivers: false, boot: false });
+    const ac = new AbortController();
+    const real = openXcHypervisor({
+      libxenctrlPath: h.env['DEVMIGRATE_LIBXENCTRL'],
+      libxenguestPath: h.env['DEVMIGRATE_LIBXENGUEST'],
+    });
+    // The abort arrives while xc_domain_shutdown runs.
+    const hv = {
+      ...real,
+      info: real.info.bind(real),
+      list: real.list.bind(real),
+      pause: real.pause.bind(real),
+      unpause: real.unpause.bind(real),
+      resume: real.resume.bind(real),
+      hvmSuspendParams: real.hvmSuspendParams.bind(real),
+      close: real.close.bind(real),
+      shutdown: async (d: number, reason: number): Promise<void> => {
+        ac.abort(new Error('agent stopping'));
+        await real.shutdown(d, reason);
+      },
+    };
+    const dc2 = createDomainControl({ xenstore: xs, hypervisor: hv, recheckIntervalMs: 100 });
+    try {
+      const err = await cancelled(dc2.suspend(domid, { ...LONG, signal: ac.signal }));
+      expect(err.suspended).toBe(true);
+      await dc2.resume(domid);
+      expect(await dc2.info(domid)).toMatchObject({ shutdown: false, paused: false });
+    } finally {
+      await dc2.close();
+      await real.close();
+    }
+  });
+});
+
+describe('log lines carry the domain as metadata', () => {
+  it('every line about a domain passes { domid }', async () => {
+    const { domid } = await newGuest({ boot: 'never-ack' });
+    const lines: { level: string; msg: string; meta?: { domid?: number } }[] = [];
+    const dc2 = createDomainControl({
+      xenstore: xs,
+      libxenctrlPath: h.env['DEVMIGRATE_LIBXENCTRL'],
+      libxenguestPath: h.env['DEVMIGRATE_LIBXENGUEST'],
+      ackTimeoutMs: 200,
+      log: (level, msg, meta) => lines.push({ level, msg, ...(meta !== undefined ? { meta } : {}) }),
+    });
+    try {
+      expect((await failure(dc2.suspend(domid))).code).toBe('ack-timeout');
+    } finally {
+      await dc2.close();
+    }
+    expect(lines.map((l) => l.level)).toEqual(['debug', 'error']);
+    for (const l of lines) {
+      expect(l.meta).toEqual({ domid });
+      expect(l.msg).toContain(`domain ${domid}`);
+    }
   });
 });

@@ -148,10 +148,17 @@ exit 0
     ...[40, 41, 42, 43, 44, 45, 46, 47].map((d) =>
       guest(d, [{ type: 'vif', mac: `00:16:3e:00:00:${d}` }, VTPM]),
     ),
+    // Suspends aborted mid-handshake (see "an abort during the agent's suspend").
+    ...[48, 49, 50].map((d) => guest(d, [{ type: 'vif', mac: `00:16:3e:00:00:${d}` }])),
   ];
   host = await createSimHost(h, { guests: all });
   for (const g of all) {
-    const mode = g.domid === 19 ? 'never-ack' : g.domid === 47 ? 'ack-no-suspend' : 'normal';
+    const mode =
+      g.domid === 19 || g.domid === 48
+        ? 'never-ack'
+        : g.domid === 47 || g.domid === 49 || g.domid === 50
+          ? 'ack-no-suspend'
+          : 'normal';
     kernels.push(await host.guest(g.domid).boot({ mode }));
   }
   agentXs = await connectXenStore({ path: h.socketPath, timeoutMs: 10_000 });
@@ -830,6 +837,62 @@ describe('waits that end in a recovery, on the real xenstored', () => {
       expect((await toolCalls(45)).at(-1)).toBe('step=2-recover domid=45 devid=0');
       expect((await h.getDomain(45))?.resumeCount).toBe(resumes45 + 1);
       expect(await running(45)).toBe(true);
+    } finally {
+      await freshEngine();
+    }
+  });
+});
+
+describe("an abort during the agent's suspend cancels the handshake, on the real xenstored", () => {
+  /** Until cond holds (every 10 ms), at most ms. */
+  async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
+    const end = Date.now() + ms;
+    while (!cond()) {
+      if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+  const kernel = (domid: number): SimGuest => {
+    const k = kernels.find((g) => g.domid === domid);
+    if (k === undefined) throw new Error(`no simulated guest ${domid}`);
+    return k;
+  };
+
+  it('never-ack, ack-no-suspend and late-suspending guests: aborted within seconds (not the 20 s waits), all running', async () => {
+    const cfg: DevMigrateConfig = structuredClone(baseCfg);
+    Object.assign(cfg.timeouts, { suspendAckMs: 20_000, suspendMs: 20_000 });
+    await freshEngine(cfg);
+    try {
+      // 48: never acks. 49: acks, never suspends. 50: acks, suspends 200 ms after the abort.
+      for (const d of [48, 49, 50]) await submit(d, { ...AUTO, id: `cancel-${d}` });
+      await until(() => kernel(48).stats.requests === 1, 10_000, 'the request to guest 48');
+      await until(() => kernel(49).stats.acks === 1 && kernel(50).stats.acks === 1, 10_000, 'the acks');
+      for (const d of [48, 49, 50]) expect(await read(J(d, 'state'))).toBe('suspending');
+      const t0 = Date.now();
+      await Promise.all([48, 49, 50].map((d) => control(d, 'abort')));
+      setTimeout(() => void h.setDomain(50, { shutdown: true, shutdownReason: 2 }), 200);
+      for (const d of [48, 49, 50]) await waitState(d, 'aborted', 10_000);
+      const ms = Date.now() - t0;
+      console.log(
+        `abort during suspending (never-ack, ack-no-suspend, late suspend): all aborted in ${ms} ms`,
+      );
+      // The 2 s cancel grace, the recovery and the resume; nowhere near the 20 s handshake waits.
+      expect(ms).toBeLessThan(6000);
+      for (const d of [48, 49, 50]) {
+        expect(await read(J(d, 'recovered'))).toBe('1');
+        expect(await read(J(d, 'devices/vif/0/state'))).toBe('recovered');
+        expect(await running(d)).toBe(true);
+      }
+      expect(await req.tryRead('/local/domain/48/control/shutdown')).toBe('');
+      // Only the guest that ended suspended was resumed (suspended-by=agent).
+      expect(await read(J(50, 'suspended-by'))).toBe('agent');
+      expect((await h.getDomain(48))?.resumeCount).toBe(0);
+      expect((await h.getDomain(49))?.resumeCount).toBe(0);
+      expect((await h.getDomain(50))?.resumeCount).toBe(1);
+      // 49 acked but did not suspend within the grace: the job's error says what may still happen.
+      expect(await read(J(49, 'error'))).toContain('the guest had acked the suspend request');
+      expect(await read(J(48, 'error'))).not.toContain('acked');
+      expect(logs.some((l) => l.includes('job 50: ') && l.includes('ended suspended'))).toBe(true);
     } finally {
       await freshEngine();
     }
