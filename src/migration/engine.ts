@@ -176,12 +176,16 @@ export class MigrationEngine {
     this.unsubscribe?.();
     await this.watch?.close().catch(() => undefined);
     const waits: Promise<void>[] = [];
+    const bound = this.config.timeouts.recoverMs + this.config.timeouts.killGraceMs + 5000;
     for (const run of this.jobs.values()) {
       if (run.state === 'done') run.detach();
-      else run.abort('abort', 'agent stopping');
+      else {
+        run.abort('abort', 'agent stopping');
+        // A late suspend is watched for only as long as leaves the resume its recoverMs.
+        run.limitWatch(Date.now() + bound - this.config.timeouts.recoverMs);
+      }
       waits.push(run.finished);
     }
-    const bound = this.config.timeouts.recoverMs + this.config.timeouts.killGraceMs + 5000;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       Promise.all(waits),
@@ -212,7 +216,9 @@ export class MigrationEngine {
    * already stopped and its devices nearly copied. Jobs before it are aborted at once (devices
    * recovered; the guest keeps running), `suspending` included: the job's abort signal cancels
    * the agent's suspend handshake (a 2 s grace, not its ack + suspend waits) and the domain is
-   * resumed if it ended suspended. At timeoutMs minus a reserve for recovery
+   * resumed if it ended suspended; if the guest had acked, the job stays `recovering` and watches
+   * for a late suspend (to resume it) until timeouts.suspendMs after the cancel, or the point
+   * below where the reserve begins, whichever comes first. At timeoutMs minus a reserve for recovery
    * (min(10 s, timeoutMs / 3)) whatever still runs is aborted and recovered (the domain resumed
    * if the agent suspended it). `done` jobs are left as they are, for the toolstack. Then the
    * jobs watch is closed. A job still not settled at timeoutMs is counted in `left` and named.
@@ -233,6 +239,9 @@ export class MigrationEngine {
       for (const run of kept) run.detach();
       const active = runs.filter((r) => r.state !== 'done' && !isTerminal(r.state));
       for (const run of active) {
+        // A job watching for a late suspend (a cancelled one the guest had acked) stops at the
+        // point where the rest of the drain is kept for recovery, so a resume still fits.
+        run.limitWatch(finishBy);
         if (PAST_SUSPENSION.has(run.state)) {
           this.jlog(run.domid).info(
             `job ${run.domid}: past the suspension; may finish while the agent stops`,

@@ -140,6 +140,12 @@ export class JobRun {
   private suspendCall: Promise<unknown> | undefined;
   /** Set when the agent's suspend was cancelled after the guest acked and it had not suspended. */
   private ackedNotSuspended = false;
+  /** When the job was aborted (epoch ms): a late suspend is watched for from here. */
+  private abortedAt: number | undefined;
+  /** An outer bound (epoch ms) on the late-suspend watch: a drain's or a stop's. */
+  private watchLimit: number | undefined;
+  /** Re-arms a running late-suspend watch when watchLimit changes. */
+  private onWatchLimit: (() => void) | undefined;
   private detached = false;
   private stepWaiter: ((c: Step) => void) | undefined;
   /** A step control that arrived before the run loop waited for it (the requester is fast). */
@@ -233,11 +239,22 @@ export class JobRun {
     if (this.abortCause !== undefined || isTerminal(this.state)) return;
     this.abortCause = cause;
     this.abortWhy = why;
+    this.abortedAt = Date.now();
     this.abortCtl.abort(cause === 'gone' ? new DomainGoneError(this.domid) : new JobAbortedError(why));
     const w = this.stepWaiter;
     this.stepWaiter = undefined;
     // Wakes a steps-mode job waiting for a control, or a done job waiting for recover.
     if (w !== undefined) w('test');
+  }
+
+  /**
+   * Bounds the watch for a late suspend (after a cancelled suspend the guest had acked) by an
+   * absolute time (epoch ms): a draining or stopping agent keeps time for the resume after it.
+   * Only ever shortens the watch; applies to a watch already running too.
+   */
+  limitWatch(untilMs: number): void {
+    this.watchLimit = Math.min(this.watchLimit ?? Infinity, untilMs);
+    this.onWatchLimit?.();
   }
 
   /** Stops waiting (agent shutdown of a done job) without touching the job's nodes. */
@@ -590,13 +607,66 @@ export class JobRun {
     else if (isTerminal(next)) await this.deps.writer.persist({ recovered: '1' });
   }
 
+  /**
+   * After a suspend cancelled once the guest had acked: waits for the domain to be seen suspended,
+   * gone or shut down, at most timeouts.suspendMs from the cancel (libxl's wait for a suspend
+   * after the ack) and never past limitWatch(). The job holds the domain (one job per domain), so
+   * a suspend seen here is the one we asked for. Events (@releaseDomain) are the signal; a check
+   * a second catches a lost one, and a last check at the bound a suspend right at it.
+   */
+  private watchLateSuspend(): Promise<{ end: 'suspended' | 'gone' | 'shutdown' | 'running'; ms: number }> {
+    const from = this.abortedAt ?? Date.now();
+    const suspendMs = this.deps.config.timeouts.suspendMs;
+    return new Promise((resolve) => {
+      let done = false;
+      let timer: NodeJS.Timeout | undefined;
+      let unsubscribe: (() => void) | undefined;
+      const finish = (end: 'suspended' | 'gone' | 'shutdown' | 'running'): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        clearInterval(poll);
+        unsubscribe?.();
+        this.onWatchLimit = undefined;
+        resolve({ end, ms: Date.now() - from });
+      };
+      const check = async (atBound: boolean): Promise<void> => {
+        const info = await this.deps.domains.info(this.domid).catch(() => null);
+        if (done) return;
+        if (info === undefined || info?.dying === true) finish('gone');
+        else if (info?.shutdown === true)
+          finish(info.shutdownReason === 'suspend' ? 'suspended' : 'shutdown');
+        else if (atBound) finish('running');
+      };
+      const arm = (): void => {
+        clearTimeout(timer);
+        const until = Math.min(from + suspendMs, this.watchLimit ?? Infinity);
+        timer = setTimeout(() => void check(true), Math.max(0, until - Date.now()));
+      };
+      const poll = setInterval(() => void check(false), 1000);
+      this.onWatchLimit = arm;
+      arm();
+      try {
+        unsubscribe = this.deps.domains.onEvent((ev) => {
+          if (ev.domid !== this.domid) return;
+          finish(ev.kind === 'suspended' ? 'suspended' : ev.kind === 'gone' ? 'gone' : 'shutdown');
+        });
+      } catch (err) {
+        // Closed domain layer: the checks still end the watch within its bound.
+        this.log.warn(`job ${this.domid}: no domain events for the late-suspend watch: ${String(err)}`);
+      }
+      // A suspend between the last look and the subscription has no event: look once more.
+      void check(false);
+    });
+  }
+
   /** Recovers every device that started a mutating phase (furthest phase first), then resumes. */
   private async recoverAll(): Promise<void> {
     if (this.state !== 'recovering') {
       this.state = 'recovering';
       await this.deps.writer.persist({ state: 'recovering', progress: undefined });
     }
-    const gone =
+    let gone =
       this.abortCause === 'gone' ||
       (await this.deps.domains.info(this.domid).catch(() => undefined)) === undefined;
     const recoverMs = this.deps.config.timeouts.recoverMs;
@@ -644,22 +714,36 @@ export class JobRun {
         // A suspend still in flight (aborted mid-handshake) could land after the check below and
         // leave the guest suspended: let it settle first. Aborted, it settles within its cancel
         // grace; the wait is bounded here too, whatever the domain layer does.
+        let settled = true;
         if (this.suspendCall !== undefined) {
-          const settled = await settledWithin(
-            this.suspendCall,
-            SUSPEND_CANCEL_GRACE_MS + SUSPEND_CANCEL_MARGIN_MS,
-          );
+          settled = await settledWithin(this.suspendCall, SUSPEND_CANCEL_GRACE_MS + SUSPEND_CANCEL_MARGIN_MS);
           if (!settled) this.log.warn(`job ${this.domid}: the suspend call has not settled; deciding now`);
         }
-        const info = await this.deps.domains.info(this.domid);
+        let info = await this.deps.domains.info(this.domid);
+        const running = info !== undefined && !info.dying && !info.shutdown && !info.paused;
+        if (running && (this.ackedNotSuspended || !settled)) {
+          // The guest acked (or the call never answered): it may still suspend, and nobody else
+          // would resume it. Still `recovering` (a crash now resumes it too), watch for it.
+          const late = await this.watchLateSuspend();
+          if (late.end === 'gone') {
+            gone = true;
+            this.abortCause = 'gone';
+          } else if (late.end === 'running') {
+            lateNote = `the guest had acked the suspend request but did not suspend within ${late.ms} ms of the cancel; it is running`;
+            this.log.info(`job ${this.domid}: ${lateNote}`);
+          } else if (late.end === 'shutdown') {
+            lateNote = 'the guest had acked the suspend request, then shut down instead of suspending';
+            this.log.warn(`job ${this.domid}: ${lateNote}`);
+          } else if (late.end === 'suspended') {
+            this.log.info(
+              `job ${this.domid}: the guest suspended ${late.ms} ms after the cancel; resuming it`,
+            );
+          }
+          info = gone ? undefined : await this.deps.domains.info(this.domid);
+        }
         if (info !== undefined && (info.paused || (info.shutdown && info.shutdownReason === 'suspend'))) {
           await bounded(this.deps.domains.resume(this.domid), recoverMs, 'resume');
           this.log.info(`job ${this.domid}: domain resumed at the source`);
-        } else if (this.ackedNotSuspended && info !== undefined && !info.shutdown) {
-          // Nobody waits for a suspend that lands after the cancel grace: say so where it is read.
-          lateNote =
-            'the guest had acked the suspend request; if it suspends late, resume it (xl shows it suspended)';
-          this.log.warn(`job ${this.domid}: ${lateNote}`);
         }
       } catch (err) {
         resumeError = oneLine(`resume failed: ${(err as Error).message}`);

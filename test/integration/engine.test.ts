@@ -149,14 +149,14 @@ exit 0
       guest(d, [{ type: 'vif', mac: `00:16:3e:00:00:${d}` }, VTPM]),
     ),
     // Suspends aborted mid-handshake (see "an abort during the agent's suspend").
-    ...[48, 49, 50].map((d) => guest(d, [{ type: 'vif', mac: `00:16:3e:00:00:${d}` }])),
+    ...[48, 49, 50, 51, 52].map((d) => guest(d, [{ type: 'vif', mac: `00:16:3e:00:00:${d}` }])),
   ];
   host = await createSimHost(h, { guests: all });
   for (const g of all) {
     const mode =
       g.domid === 19 || g.domid === 48
         ? 'never-ack'
-        : g.domid === 47 || g.domid === 49 || g.domid === 50
+        : [47, 49, 50, 51, 52].includes(g.domid)
           ? 'ack-no-suspend'
           : 'normal';
     kernels.push(await host.guest(g.domid).boot({ mode }));
@@ -858,9 +858,10 @@ describe("an abort during the agent's suspend cancels the handshake, on the real
     return k;
   };
 
-  it('never-ack, ack-no-suspend and late-suspending guests: aborted within seconds (not the 20 s waits), all running', async () => {
+  it('never-ack, ack-no-suspend and late-suspending guests: aborted within seconds (not the 20 s ack wait), all running', async () => {
     const cfg: DevMigrateConfig = structuredClone(baseCfg);
-    Object.assign(cfg.timeouts, { suspendAckMs: 20_000, suspendMs: 20_000 });
+    // suspendMs also bounds the watch for a late suspend after the cancel (guest 49).
+    Object.assign(cfg.timeouts, { suspendAckMs: 20_000, suspendMs: 3500 });
     await freshEngine(cfg);
     try {
       // 48: never acks. 49: acks, never suspends. 50: acks, suspends 200 ms after the abort.
@@ -871,13 +872,21 @@ describe("an abort during the agent's suspend cancels the handshake, on the real
       const t0 = Date.now();
       await Promise.all([48, 49, 50].map((d) => control(d, 'abort')));
       setTimeout(() => void h.setDomain(50, { shutdown: true, shutdownReason: 2 }), 200);
-      for (const d of [48, 49, 50]) await waitState(d, 'aborted', 10_000);
+      for (const d of [48, 50]) await waitState(d, 'aborted', 10_000);
       const ms = Date.now() - t0;
+      // 49 acked: after the grace its job stays `recovering`, watching for a late suspend.
+      expect(await read(J(49, 'state'))).toBe('recovering');
+      await waitState(49, 'aborted', 10_000);
+      const ms49 = Date.now() - t0;
       console.log(
-        `abort during suspending (never-ack, ack-no-suspend, late suspend): all aborted in ${ms} ms`,
+        `abort during suspending: never-ack + suspend in the grace aborted in ${ms} ms; ` +
+          `acked, never suspended: ${ms49} ms (watch bound suspendMs = 3500 ms)`,
       );
-      // The 2 s cancel grace, the recovery and the resume; nowhere near the 20 s handshake waits.
+      // The 2 s cancel grace, the recovery and the resume; nowhere near the 20 s ack wait.
       expect(ms).toBeLessThan(6000);
+      // 49: the watch ran its bound (suspendMs from the cancel), and not much more.
+      expect(ms49).toBeGreaterThanOrEqual(3500);
+      expect(ms49).toBeLessThan(6000);
       for (const d of [48, 49, 50]) {
         expect(await read(J(d, 'recovered'))).toBe('1');
         expect(await read(J(d, 'devices/vif/0/state'))).toBe('recovered');
@@ -889,10 +898,67 @@ describe("an abort during the agent's suspend cancels the handshake, on the real
       expect((await h.getDomain(48))?.resumeCount).toBe(0);
       expect((await h.getDomain(49))?.resumeCount).toBe(0);
       expect((await h.getDomain(50))?.resumeCount).toBe(1);
-      // 49 acked but did not suspend within the grace: the job's error says what may still happen.
-      expect(await read(J(49, 'error'))).toContain('the guest had acked the suspend request');
+      // 49 acked but never suspended within the watch: said so, no request to resume it by hand.
+      const err49 = (await read(J(49, 'error'))) ?? '';
+      expect(err49).toMatch(/the guest had acked the suspend request but did not suspend within \d+ ms/);
+      expect(err49).not.toContain('resume it');
       expect(await read(J(48, 'error'))).not.toContain('acked');
       expect(logs.some((l) => l.includes('job 50: ') && l.includes('ended suspended'))).toBe(true);
+    } finally {
+      await freshEngine();
+    }
+  });
+
+  it('acked, then suspends after the grace: the job stays recovering, then resumes it; a drain bounds the watch', async () => {
+    const cfg: DevMigrateConfig = structuredClone(baseCfg);
+    Object.assign(cfg.timeouts, { suspendAckMs: 20_000, suspendMs: 8000 });
+    await freshEngine(cfg);
+    try {
+      // 51: acks, suspends 3.5 s after the abort (past the 2 s grace). 52: acks, never suspends.
+      for (const d of [51, 52]) await submit(d, { ...AUTO, id: `late-${d}` });
+      await until(() => kernel(51).stats.acks === 1 && kernel(52).stats.acks === 1, 10_000, 'the acks');
+      for (const d of [51, 52]) expect(await read(J(d, 'state'))).toBe('suspending');
+      const t0 = Date.now();
+      await Promise.all([51, 52].map((d) => control(d, 'abort')));
+      const late = setTimeout(() => void h.setDomain(51, { shutdown: true, shutdownReason: 2 }), 3500);
+      try {
+        await new Promise((r) => setTimeout(r, 2500));
+        // Past the grace, devices recovered: both still `recovering`, nothing resumed yet.
+        for (const d of [51, 52]) {
+          expect(await read(J(d, 'state'))).toBe('recovering');
+          expect(await read(J(d, 'devices/vif/0/state'))).toBe('recovered');
+        }
+        expect((await h.getDomain(51))?.resumeCount).toBe(0);
+        // SIGTERM's drain (6 s: recovery reserve 2 s): 52's watch ends at 4 s into the drain,
+        // not at suspendMs (8 s) after the cancel; 51's suspend (at 3.5 s) is still caught.
+        const drainAt = Date.now();
+        const drained = await engine.drain(6000);
+        const drainMs = Date.now() - drainAt;
+        const ms52 = Date.now() - t0;
+        const ms51 = Number(/suspended (\d+) ms after the cancel/.exec(logs.join('\n'))?.[1]);
+        console.log(
+          `late suspend 3500 ms after the abort: resumed (suspend seen ${ms51} ms after the cancel); ` +
+            `never-suspending guest released by the drain bound after ${ms52} ms (drain took ${drainMs} ms)`,
+        );
+        expect(drained).toMatchObject({ aborted: 2, left: 0 });
+        expect(drainMs).toBeGreaterThanOrEqual(3900);
+        expect(drainMs).toBeLessThan(6000);
+        expect(ms51).toBeGreaterThanOrEqual(3400);
+        for (const d of [51, 52]) {
+          expect(await read(J(d, 'state'))).toBe('aborted');
+          expect(await read(J(d, 'recovered'))).toBe('1');
+          expect(await running(d)).toBe(true);
+        }
+        // 51 was resumed once (ours: suspended-by=agent); 52 never suspended and was not touched.
+        expect((await h.getDomain(51))?.resumeCount).toBe(1);
+        expect((await h.getDomain(52))?.resumeCount).toBe(0);
+        expect(await read(J(51, 'error'))).toBe('abort requested');
+        expect(await read(J(52, 'error'))).toMatch(
+          /^abort requested; the guest had acked the suspend request but did not suspend within \d+ ms of the cancel; it is running$/,
+        );
+      } finally {
+        clearTimeout(late);
+      }
     } finally {
       await freshEngine();
     }

@@ -1,6 +1,7 @@
 // A minimal DomainControl for UNIT tests of the engine: domains that suspend on request (or
 // refuse), can be "suspended by the toolstack", resumed and destroyed, with a call log.
-import type { DomainControl, DomainEvent, DomainInfo } from '../../src/domains/types.js';
+import { SuspendCancelledError } from '../../src/domains/errors.js';
+import type { DomainControl, DomainEvent, DomainInfo, SuspendOptions } from '../../src/domains/types.js';
 
 export class FakeDomains implements DomainControl {
   readonly doms = new Map<number, DomainInfo>();
@@ -11,6 +12,8 @@ export class FakeDomains implements DomainControl {
   /** Misbehaving domain layer: these calls never settle. */
   hangSuspend = false;
   hangResume = false;
+  /** These guests ack the suspend request and then wait: only the caller's signal ends the call. */
+  ackThenWait = new Set<number>();
   private listeners: ((ev: DomainEvent) => void)[] = [];
   private suspendWaiters: { domid: number; resolve: () => void }[] = [];
 
@@ -40,8 +43,17 @@ export class FakeDomains implements DomainControl {
     for (const w of this.suspendWaiters.filter((x) => x.domid === domid)) w.resolve();
     this.suspendWaiters = this.suspendWaiters.filter((x) => x.domid !== domid);
   }
-  async suspend(domid: number): Promise<void> {
+  async suspend(domid: number, opts: SuspendOptions = {}): Promise<void> {
     this.calls.push(`suspend ${domid}`);
+    const { signal } = opts;
+    if (this.ackThenWait.has(domid) && signal !== undefined) {
+      // As the real layer after its cancel grace: acked, still running.
+      await new Promise<void>((resolve) => {
+        if (signal.aborted) resolve();
+        else signal.addEventListener('abort', () => resolve(), { once: true });
+      });
+      throw new SuspendCancelledError(domid, 'wait-suspended', 'running', true, 'cancelled (acked)');
+    }
     if (this.refuseSuspend.has(domid))
       throw new Error(`domain ${domid} did not acknowledge the suspend request`);
     if (!this.doms.has(domid)) throw new Error(`domain ${domid} does not exist`);

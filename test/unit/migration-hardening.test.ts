@@ -212,6 +212,50 @@ describe('a domain layer that does not answer cannot hang a job or leave the gue
     expect(xs.value(J(5, 'recovered'))).toBe('1');
   });
 
+  it('a cancelled suspend the guest had acked: recovering while watching; the domain destroyed then -> failed, no resume', async () => {
+    const s: Script = { calls: [] };
+    const { xs, domains } = host([5]);
+    domains.ackThenWait.add(5);
+    const cfg = fastCfg();
+    cfg.timeouts.suspendMs = 5000; // the watch's bound, from the cancel
+    await start(xs, domains, s, cfg);
+    request(xs, 5, AUTO);
+    await waitFor(xs, J(5, 'state'), 'suspending');
+    xs.put(J(5, 'control'), 'abort', DOM0);
+    await waitFor(xs, J(5, 'state'), 'recovering');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(xs.value(J(5, 'state'))).toBe('recovering');
+    expect(s.calls).toContain('5/51712:recover:preSuspend');
+    const t0 = Date.now();
+    domains.destroy(5);
+    await waitFor(xs, J(5, 'state'), 'failed', 2000);
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(xs.value(J(5, 'error'))).toBe('domain 5 was destroyed; devices recovered');
+    expect(xs.value(J(5, 'recovered'))).toBe('1');
+    expect(domains.calls).toEqual(['suspend 5']);
+  });
+
+  it('a cancelled suspend the guest had acked, then suspended late: resumed by the watch', async () => {
+    const s: Script = { calls: [] };
+    const { xs, domains } = host([5]);
+    domains.ackThenWait.add(5);
+    const cfg = fastCfg();
+    cfg.timeouts.suspendMs = 5000;
+    await start(xs, domains, s, cfg);
+    request(xs, 5, AUTO);
+    await waitFor(xs, J(5, 'state'), 'suspending');
+    xs.put(J(5, 'control'), 'abort', DOM0);
+    await waitFor(xs, J(5, 'state'), 'recovering');
+    await new Promise((r) => setTimeout(r, 300));
+    // No domain event here (the fake emits none for a suspend): the watch's own check finds it.
+    domains.toolstackSuspend(5);
+    await waitFor(xs, J(5, 'state'), 'aborted', 3000);
+    expect(domains.calls).toEqual(['suspend 5', 'resume 5']);
+    expect((await domains.info(5))?.shutdown).toBe(false);
+    expect(xs.value(J(5, 'error'))).toBe('abort requested');
+    expect(xs.value(J(5, 'recovered'))).toBe('1');
+  });
+
   it('a resume that never settles: bounded by the recovery timeout, failed with recovered=0', async () => {
     const s: Script = { calls: [], failIn: 'postSuspend' };
     const { xs, domains } = host([5]);
