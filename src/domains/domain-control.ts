@@ -78,6 +78,19 @@ function reasonText(signal: AbortSignal): string {
   return r === undefined ? 'aborted' : String(r);
 }
 
+/** A failure during a domain step as a DomainError: kept as is, or a 'xenstore' one naming the step. */
+function asDomainError(err: unknown, domid: number, step: string): DomainError {
+  if (err instanceof DomainError) return err;
+  return new DomainError(
+    'xenstore',
+    domid,
+    step,
+    err instanceof Error ? err.message : String(err),
+    undefined,
+    { cause: err },
+  );
+}
+
 export class XenDomainControl implements DomainControl {
   private readonly xs: XenStore;
   private readonly release: ReleaseWatch;
@@ -334,17 +347,7 @@ export class XenDomainControl implements DomainControl {
     try {
       return await fn();
     } catch (err) {
-      if (err instanceof DomainError) throw err;
-      throw new DomainError(
-        'xenstore',
-        domid,
-        step,
-        err instanceof Error ? err.message : String(err),
-        undefined,
-        {
-          cause: err,
-        },
-      );
+      throw asDomainError(err, domid, step);
     }
   }
 
@@ -370,21 +373,7 @@ export class XenDomainControl implements DomainControl {
         if (err !== undefined) reject(err);
         else resolve(v ?? 'timeout');
       };
-      const fail = (err: unknown): void =>
-        finish(
-          err instanceof DomainError
-            ? err
-            : new DomainError(
-                'xenstore',
-                domid,
-                'ack',
-                err instanceof Error ? err.message : String(err),
-                undefined,
-                {
-                  cause: err,
-                },
-              ),
-        );
+      const fail = (err: unknown): void => finish(asDomainError(err, domid, 'ack'));
       const checkNode = coalesced(async () => {
         if (done) return;
         const v = await this.xs.tryRead(path);
@@ -448,21 +437,7 @@ export class XenDomainControl implements DomainControl {
         if (err !== undefined) reject(err);
         else resolve();
       };
-      const fail = (err: unknown): void =>
-        finish(
-          err instanceof DomainError
-            ? err
-            : new DomainError(
-                'xenstore',
-                domid,
-                step,
-                err instanceof Error ? err.message : String(err),
-                undefined,
-                {
-                  cause: err,
-                },
-              ),
-        );
+      const fail = (err: unknown): void => finish(asDomainError(err, domid, step));
       const check = coalesced(async () => {
         if (done) return;
         const info = await this.hv.info(domid);

@@ -3,7 +3,7 @@
 // drains stays untouched for the next agent, a job in suspending whose guest never acks has its
 // handshake cancelled (not waited for), and the process exits 0 within its drain bound.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startSim, type RunningSim } from '../../src/cli/commands/sim-serve.js';
@@ -11,29 +11,24 @@ import { writeRequest, newJobId } from '../../src/cli/job-client.js';
 import { connectXenStore } from '../../src/xenstore/index.js';
 import type { XenStore } from '../../src/xenstore/types.js';
 import type { HostDescription } from '../../xen-mocks/sim-host.js';
-import { agentLogPath, spawnAgent, waitAgentReady, waitWatched, type AgentProcess } from './agent-world.js';
+import {
+  agentLogPath,
+  domainRunning,
+  jobState,
+  sharedDiskGuest,
+  spawnAgent,
+  waitAgentReady,
+  waitJobState,
+  waitWatched,
+  writeAgentConfig,
+  type AgentProcess,
+} from './agent-world.js';
 
 const FINAL = ['done', 'refused', 'aborted', 'failed'];
 const DRAIN_S = 10;
 
 function guest(domid: number, name: string): HostDescription['guests'][number] {
-  const hex = domid.toString(16).padStart(2, '0');
-  return {
-    domid,
-    name,
-    uuid: `00000000-0000-4000-8000-0000000001${hex}`,
-    devices: [
-      {
-        type: 'vbd',
-        vdev: 'xvda',
-        params: `/srv/shared/${name}.img`,
-        format: 'file',
-        mode: 'w',
-        backend: 'qdisk',
-      },
-      { type: 'vif', mac: `00:16:3e:00:01:${hex}` },
-    ],
-  };
+  return sharedDiskGuest(domid, name, '01');
 }
 
 describe('agent SIGTERM drain (process, simulated host)', () => {
@@ -56,14 +51,10 @@ describe('agent SIGTERM drain (process, simulated host)', () => {
     await waitAgentReady(xs, a.pid);
     return a;
   };
-  const state = (domid: number): Promise<string | undefined> =>
-    xs.tryRead(`/tool/devmigrate/jobs/${domid}/state`);
+  const state = (domid: number): Promise<string | undefined> => jobState(xs, domid);
   const waitState = (domid: number, pred: (s: string | undefined) => boolean, ms: number, what: string) =>
-    waitWatched(xs, `/tool/devmigrate/jobs/${domid}`, async () => pred(await state(domid)), ms, what);
-  const running = async (domid: number): Promise<boolean> => {
-    const d = await sim.harness.getDomain(domid);
-    return d !== undefined && !d.shutdown && d.paused === 0 && !d.dying;
-  };
+    waitJobState(xs, domid, pred, ms, what);
+  const running = (domid: number): Promise<boolean> => domainRunning(sim.harness, domid);
   /** SIGTERM, and the exit code and time to exit (SIGKILL after 30 s: a failure, not a hang). */
   const term = async (a: AgentProcess): Promise<{ code: number | null; ms: number }> => {
     const t0 = Date.now();
@@ -95,17 +86,11 @@ describe('agent SIGTERM drain (process, simulated host)', () => {
         '',
       ].join('\n'),
     );
-    await chmod(tool, 0o755);
-    cfgPath = join(dir, 'devmigrate.json');
-    await writeFile(
-      cfgPath,
-      JSON.stringify({
-        disks: { sharedPathPrefixes: ['/srv/shared/'] },
-        devices: { vif: { tool: { path: tool, timeoutMs: 30_000 } } },
-        // libxl's handshake waits: longer than the drain bound, so only a cancel ends them in time.
-        timeouts: { suspendAckMs: 60_000, suspendMs: 60_000 },
-      }),
-    );
+    cfgPath = await writeAgentConfig(dir, tool, {
+      toolTimeoutMs: 30_000,
+      // libxl's handshake waits: longer than the drain bound, so only a cancel ends them in time.
+      timeouts: { suspendAckMs: 60_000, suspendMs: 60_000 },
+    });
     const guests = [
       guest(31, 'drainsync'),
       guest(32, 'drainpre'),

@@ -3,9 +3,12 @@
 // waits on job and presence nodes through watches, each with a deadline.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
+import { chmod, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { XenStore } from '../../src/xenstore/types.js';
+import type { XenstoredHarness } from '../../xen-mocks/harness.js';
+import type { HostDescription } from '../../xen-mocks/sim-host.js';
 
 /** dist/src/cli/main.js, from the sources (vitest) or from dist/test/... (the compiled bench). */
 export function builtCli(): string {
@@ -126,4 +129,82 @@ export async function waitAgentReady(xs: XenStore, pid: number, ms = 20_000): Pr
 
 export function agentLogPath(dir: string, n: number): string {
   return join(dir, `agent-${n}.log`);
+}
+
+/**
+ * A simulated guest with a disk under the shared prefix and one vif. `series` (two hex digits)
+ * keeps the uuids and MACs of one test file apart from another's.
+ */
+export function sharedDiskGuest(
+  domid: number,
+  name: string,
+  series: string,
+): HostDescription['guests'][number] {
+  const hex = domid.toString(16).padStart(2, '0');
+  return {
+    domid,
+    name,
+    uuid: `00000000-0000-4000-8000-00000000${series}${hex}`,
+    devices: [
+      {
+        type: 'vbd',
+        vdev: 'xvda',
+        params: `/srv/shared/${name}.img`,
+        format: 'file',
+        mode: 'w',
+        backend: 'qdisk',
+      },
+      { type: 'vif', mac: `00:16:3e:00:${series}:${hex}` },
+    ],
+  };
+}
+
+/** The state node of the job on `domid` (undefined: no job). */
+export function jobState(xs: XenStore, domid: number): Promise<string | undefined> {
+  return xs.tryRead(`/tool/devmigrate/jobs/${domid}/state`);
+}
+
+/** Resolves when pred(job state) holds, re-checked on every change under the job; rejects after ms. */
+export function waitJobState(
+  xs: XenStore,
+  domid: number,
+  pred: (s: string | undefined) => boolean,
+  ms: number,
+  what: string,
+): Promise<void> {
+  return waitWatched(
+    xs,
+    `/tool/devmigrate/jobs/${domid}`,
+    async () => pred(await jobState(xs, domid)),
+    ms,
+    what,
+  );
+}
+
+/** Running and not paused: what "left running at the source" means to the hypervisor. */
+export async function domainRunning(harness: XenstoredHarness, domid: number): Promise<boolean> {
+  const d = await harness.getDomain(domid);
+  return d !== undefined && !d.shutdown && d.paused === 0 && !d.dying;
+}
+
+/**
+ * Writes `tool` (the vif device tool, made executable) and an agent config in `dir` that runs it,
+ * with the disks sharedDiskGuest lays out (under /srv/shared/) shared; returns the config's path.
+ */
+export async function writeAgentConfig(
+  dir: string,
+  tool: string,
+  opts: { toolTimeoutMs: number; timeouts: Record<string, number> },
+): Promise<string> {
+  await chmod(tool, 0o755);
+  const cfgPath = join(dir, 'devmigrate.json');
+  await writeFile(
+    cfgPath,
+    JSON.stringify({
+      disks: { sharedPathPrefixes: ['/srv/shared/'] },
+      devices: { vif: { tool: { path: tool, timeoutMs: opts.toolTimeoutMs } } },
+      timeouts: opts.timeouts,
+    }),
+  );
+  return cfgPath;
 }

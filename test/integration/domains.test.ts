@@ -115,6 +115,39 @@ async function cancelled(p: Promise<unknown>): Promise<SuspendCancelledError> {
   return err;
 }
 
+/**
+ * A view of `xs` whose transactions let the guest (connected as its own domain) ack first: the
+ * first time a transaction reads "suspend" from the shutdown node, the guest clears it before the
+ * body runs, so that transaction's commit conflicts. `afterAck` runs right after that ack.
+ */
+async function ackRace(
+  domid: number,
+  afterAck?: () => void,
+): Promise<{ racing: XenStore; asGuest: XenStore; raced: () => boolean }> {
+  const path = `/local/domain/${domid}/control/shutdown`;
+  const asGuest = await connectXenStore({
+    path: hosts[hosts.length - 1]?.guest(domid).socketPath,
+    timeoutMs: 10_000,
+  });
+  let raced = false;
+  const racing = new Proxy(xs, {
+    get(obj, prop, receiver) {
+      if (prop !== 'transaction') return Reflect.get(obj, prop, receiver) as unknown;
+      return <T>(body: (tx: XsOps) => Promise<T>) =>
+        obj.transaction(async (tx) => {
+          const v = await tx.tryRead(path);
+          if (!raced && v === 'suspend') {
+            raced = true;
+            await asGuest.write(path, '');
+            afterAck?.();
+          }
+          return body(tx);
+        });
+    },
+  });
+  return { racing, asGuest, raced: () => raced };
+}
+
 describe('suspend and resume of a cooperative guest', () => {
   it('suspends through control/shutdown, then resumes (fast) and can suspend again', async () => {
     const { domid, guest } = await newGuest();
@@ -184,27 +217,8 @@ describe('misbehaving guests end in a clear error within the timeout, and resume
 
   it('a last-minute ack racing the cancel transaction wins: re-read, no cancel', async () => {
     const { domid } = await newGuest({ boot: 'never-ack' });
-    const path = `/local/domain/${domid}/control/shutdown`;
-    const asGuest = await connectXenStore({
-      path: hosts[hosts.length - 1]?.guest(domid).socketPath,
-      timeoutMs: 10_000,
-    });
-    let raced = false;
     // The guest acks right after our transaction has read "suspend": the commit must conflict.
-    const racing = new Proxy(xs, {
-      get(obj, prop, receiver) {
-        if (prop !== 'transaction') return Reflect.get(obj, prop, receiver) as unknown;
-        return <T>(body: (tx: XsOps) => Promise<T>) =>
-          obj.transaction(async (tx) => {
-            const v = await tx.tryRead(path);
-            if (!raced && v === 'suspend') {
-              raced = true;
-              await asGuest.write(path, '');
-            }
-            return body(tx);
-          });
-      },
-    });
+    const { racing, asGuest, raced } = await ackRace(domid);
     const dc2 = createDomainControl({
       xenstore: racing,
       libxenctrlPath: h.env['DEVMIGRATE_LIBXENCTRL'],
@@ -214,7 +228,7 @@ describe('misbehaving guests end in a clear error within the timeout, and resume
     });
     try {
       const err = await failure(dc2.suspend(domid));
-      expect(raced).toBe(true);
+      expect(raced()).toBe(true);
       // Acked at the last minute: no cancel, so the wait for the suspend ran (and timed out).
       expect(err.code).toBe('suspend-timeout');
       expect(await shutdownNode(domid)).toBe('');
@@ -422,29 +436,11 @@ describe('a suspend cancelled through its signal', () => {
 
   it('a guest that acks inside the withdrawal wins the race and suspends in the grace: cancelled, suspended', async () => {
     const { domid } = await newGuest({ boot: 'never-ack' });
-    const path = `/local/domain/${domid}/control/shutdown`;
-    const asGuest = await connectXenStore({
-      path: hosts[hosts.length - 1]?.guest(domid).socketPath,
-      timeoutMs: 10_000,
-    });
-    let raced = false;
     // The guest acks right after the withdrawing transaction read "suspend" (the commit conflicts,
     // the retry sees the ack and leaves it), then suspends 100 ms later.
-    const racing = new Proxy(xs, {
-      get(obj, prop, receiver) {
-        if (prop !== 'transaction') return Reflect.get(obj, prop, receiver) as unknown;
-        return <T>(body: (tx: XsOps) => Promise<T>) =>
-          obj.transaction(async (tx) => {
-            const v = await tx.tryRead(path);
-            if (!raced && v === 'suspend') {
-              raced = true;
-              await asGuest.write(path, '');
-              setTimeout(() => void h.setDomain(domid, { shutdown: true, shutdownReason: 2 }), 100);
-            }
-            return body(tx);
-          });
-      },
-    });
+    const { racing, asGuest, raced } = await ackRace(domid, () =>
+      setTimeout(() => void h.setDomain(domid, { shutdown: true, shutdownReason: 2 }), 100),
+    );
     const dc2 = createDomainControl({
       xenstore: racing,
       libxenctrlPath: h.env['DEVMIGRATE_LIBXENCTRL'],
@@ -458,7 +454,7 @@ describe('a suspend cancelled through its signal', () => {
       const t0 = Date.now();
       ac.abort(new Error('abort requested'));
       const err = await p;
-      expect(raced).toBe(true);
+      expect(raced()).toBe(true);
       expect(err.message).toContain('already acked');
       expect(err.suspended).toBe(true);
       expect(err.acked).toBe(true);

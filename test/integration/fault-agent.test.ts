@@ -3,7 +3,7 @@
 // migrated (done, the toolstack's turn) or running at the source, never left suspended or paused
 // by us, and no job may stay stuck. Prints the matrix.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startSim, type RunningSim } from '../../src/cli/commands/sim-serve.js';
@@ -11,7 +11,18 @@ import { writeRequest, newJobId, writeControl } from '../../src/cli/job-client.j
 import { connectXenStore } from '../../src/xenstore/index.js';
 import type { XenStore } from '../../src/xenstore/types.js';
 import { guestLayout, writeNodes, type HostDescription } from '../../xen-mocks/sim-host.js';
-import { agentLogPath, spawnAgent, waitAgentReady, waitWatched, type AgentProcess } from './agent-world.js';
+import {
+  agentLogPath,
+  domainRunning,
+  jobState,
+  sharedDiskGuest,
+  spawnAgent,
+  waitAgentReady,
+  waitJobState,
+  waitWatched,
+  writeAgentConfig,
+  type AgentProcess,
+} from './agent-world.js';
 
 const FINAL = ['done', 'refused', 'aborted', 'failed'];
 
@@ -36,24 +47,7 @@ const CASES: Case[] = [
 ];
 
 function guest(domid: number): HostDescription['guests'][number] & { simMode: string } {
-  const hex = domid.toString(16).padStart(2, '0');
-  return {
-    domid,
-    name: `fault${domid}`,
-    uuid: `00000000-0000-4000-8000-0000000000${hex}`,
-    simMode: 'slow-ack',
-    devices: [
-      {
-        type: 'vbd',
-        vdev: 'xvda',
-        params: `/srv/shared/fault${domid}.img`,
-        format: 'file',
-        mode: 'w',
-        backend: 'qdisk',
-      },
-      { type: 'vif', mac: `00:16:3e:00:00:${hex}` },
-    ],
-  };
+  return { ...sharedDiskGuest(domid, `fault${domid}`, '00'), simMode: 'slow-ack' };
 }
 
 const matrix: { fault: string; final: string; domain: string; verdict: string }[] = [];
@@ -76,21 +70,29 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
     return a;
   };
 
-  const state = async (domid: number): Promise<string | undefined> =>
-    xs.tryRead(`/tool/devmigrate/jobs/${domid}/state`);
-
+  // xs is replaced when xenstored restarts: these read the current connection.
+  const state = (domid: number): Promise<string | undefined> => jobState(xs, domid);
   const waitState = (
     domid: number,
     pred: (s: string | undefined) => boolean,
     ms: number,
     what: string,
-  ): Promise<void> =>
-    waitWatched(xs, `/tool/devmigrate/jobs/${domid}`, async () => pred(await state(domid)), ms, what);
+  ): Promise<void> => waitJobState(xs, domid, pred, ms, what);
+  const guestRunning = (domid: number): Promise<boolean> => domainRunning(sim.harness, domid);
 
-  /** Running and not paused: what "left running at the source" means to the hypervisor. */
-  const domainRunning = async (domid: number): Promise<boolean> => {
-    const d = await sim.harness.getDomain(domid);
-    return d !== undefined && !d.shutdown && d.paused === 0 && !d.dying;
+  /** SIGKILL xenstored, start it again (empty), reconnect, and wait for the agent's presence. */
+  const restartXenstored = async (): Promise<void> => {
+    await sim.harness.kill('SIGKILL');
+    await sim.harness.restart();
+    await xs.close().catch(() => undefined);
+    xs = await connectRetrying(sim.harness.socketPath);
+    await waitWatched(
+      xs,
+      '/tool/devmigrate/agent',
+      async () => (await xs.tryRead('/tool/devmigrate/agent/state')) === 'ready',
+      20_000,
+      'presence back',
+    );
   };
 
   beforeAll(async () => {
@@ -98,16 +100,10 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
     // A device tool slow enough (0.25 s a step) that every running state can be caught.
     const tool = join(dir, 'slow-tool.sh');
     await writeFile(tool, '#!/bin/sh\nsleep 0.25\nexit 0\n');
-    await chmod(tool, 0o755);
-    cfgPath = join(dir, 'devmigrate.json');
-    await writeFile(
-      cfgPath,
-      JSON.stringify({
-        disks: { sharedPathPrefixes: ['/srv/shared/'] },
-        devices: { vif: { tool: { path: tool, timeoutMs: 10_000 } } },
-        timeouts: { suspendAckMs: 5000, suspendMs: 5000 },
-      }),
-    );
+    cfgPath = await writeAgentConfig(dir, tool, {
+      toolTimeoutMs: 10_000,
+      timeouts: { suspendAckMs: 5000, suspendMs: 5000 },
+    });
     const guests = CASES.map((_, i) => guest(i + 1));
     guests.push(guest(20), guest(21));
     sim = await startSim({ dir: join(dir, 'xenstored'), desc: { guests } });
@@ -174,7 +170,7 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
       }
       await waitState(domid, (s) => FINAL.includes(s ?? ''), 30_000, 'a final state');
       const final = (await state(domid)) ?? '?';
-      const running = await domainRunning(domid);
+      const running = await guestRunning(domid);
       const d = await sim.harness.getDomain(domid);
       const dom = running
         ? 'running'
@@ -194,17 +190,7 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
   });
 
   it('xenstored killed and restarted while the agent idles: the agent reconnects and takes jobs', async () => {
-    await sim.harness.kill('SIGKILL');
-    await sim.harness.restart();
-    await xs.close().catch(() => undefined);
-    xs = await connectRetrying(sim.harness.socketPath);
-    await waitWatched(
-      xs,
-      '/tool/devmigrate/agent',
-      async () => (await xs.tryRead('/tool/devmigrate/agent/state')) === 'ready',
-      20_000,
-      'presence back',
-    );
+    await restartXenstored();
     // The restarted store is empty: lay the guest's nodes out again (a toolstack would re-create them).
     await writeNodes(xs, guestLayout(guest(20)));
     await writeRequest(xs, 20, { id: newJobId(), target: 'host-b', mode: 'steps', suspend: 'agent' });
@@ -215,7 +201,7 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
     matrix.push({
       fault: 'xenstored restart, agent idle',
       final,
-      domain: (await domainRunning(20)) ? 'running' : 'NOT running',
+      domain: (await guestRunning(20)) ? 'running' : 'NOT running',
       verdict: final === 'tested' ? 'ok' : 'FAIL',
     });
     expect(final).toBe('tested');
@@ -227,28 +213,18 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
     await writeNodes(xs, guestLayout(guest(21)));
     await writeRequest(xs, 21, { id: newJobId(), target: 'host-b', mode: 'auto', suspend: 'agent' });
     await waitState(21, (s) => s === 'pre-suspend' || FINAL.includes(s ?? ''), 20_000, 'pre-suspend');
-    await sim.harness.kill('SIGKILL');
-    await sim.harness.restart();
-    await xs.close().catch(() => undefined);
-    xs = await connectRetrying(sim.harness.socketPath);
-    await waitWatched(
-      xs,
-      '/tool/devmigrate/agent',
-      async () => (await xs.tryRead('/tool/devmigrate/agent/state')) === 'ready',
-      20_000,
-      'presence back',
-    );
+    await restartXenstored();
     // The new store lost the job: the agent must not leave the guest suspended or paused, and a
     // job node it writes again must reach a final state.
     const end = Date.now() + 30_000;
     let final: string | undefined;
     for (;;) {
       final = await state(21);
-      if ((final === undefined || FINAL.includes(final)) && (await domainRunning(21))) break;
+      if ((final === undefined || FINAL.includes(final)) && (await guestRunning(21))) break;
       if (Date.now() > end) break;
       await new Promise((r) => setTimeout(r, 200));
     }
-    const running = await domainRunning(21);
+    const running = await guestRunning(21);
     const ok = running && (final === undefined || FINAL.includes(final));
     matrix.push({
       fault: 'xenstored restart, job in pre-suspend',

@@ -6,6 +6,11 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import koffi from 'koffi';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  decodeDomainInfo,
+  XC_DOMAININFO_SIZE,
+  type XcDomainInfoRecord,
+} from '../../native-bindings/libxenctrl.js';
 import { buildMocks, startXenstored, type XenstoredHarness } from '../../xen-mocks/harness.js';
 
 const execFileP = promisify(execFile);
@@ -14,35 +19,7 @@ const SHUTDOWN_SUSPEND = 2;
 const DOMINF = { dying: 1, hvm: 2, shutdown: 4, paused: 8, running: 32 } as const;
 const ERRNO = koffi.os.errno as Record<string, number>;
 
-/** xc_domaininfo_t (xen_domctl_getdomaininfo, interface 0x15), 112 bytes. */
-const DomainInfo = koffi.struct('sim_test_domaininfo', {
-  domain: 'uint16_t',
-  pad1: 'uint16_t',
-  flags: 'uint32_t',
-  tot_pages: 'uint64_t',
-  max_pages: 'uint64_t',
-  outstanding_pages: 'uint64_t',
-  shr_pages: 'uint64_t',
-  paged_pages: 'uint64_t',
-  shared_info_frame: 'uint64_t',
-  cpu_time: 'uint64_t',
-  nr_online_vcpus: 'uint32_t',
-  max_vcpu_id: 'uint32_t',
-  ssidref: 'uint32_t',
-  handle: koffi.array('uint8_t', 16),
-  cpupool: 'uint32_t',
-  gpaddr_bits: 'uint8_t',
-  pad2: koffi.array('uint8_t', 7),
-  emulation_flags: 'uint32_t',
-  misc_flags: 'uint32_t',
-});
 const XC_DOMINFO_SIZE = 112; // sizeof(xc_dominfo_t), gcc against Debian's 4.17 xenctrl.h
-
-interface DomainInfoRecord {
-  domain: number;
-  flags: number;
-  nr_online_vcpus: number;
-}
 
 describe('simulated libxenctrl / libxenguest through koffi', () => {
   let xs: XenstoredHarness;
@@ -58,11 +35,11 @@ describe('simulated libxenctrl / libxenguest through koffi', () => {
     return [ret, koffi.errno()];
   };
 
-  const infolist = (): DomainInfoRecord[] => {
-    const buf = Buffer.alloc(112 * 16);
+  const infolist = (): XcDomainInfoRecord[] => {
+    const buf = Buffer.alloc(XC_DOMAININFO_SIZE * 16);
     const [n] = call(xc['getinfolist'] as (...a: unknown[]) => unknown, xch, 0, 16, buf);
-    const out: DomainInfoRecord[] = [];
-    for (let i = 0; i < n; i++) out.push(koffi.decode(buf, i * 112, DomainInfo) as DomainInfoRecord);
+    const out: XcDomainInfoRecord[] = [];
+    for (let i = 0; i < n; i++) out.push(decodeDomainInfo(buf, i));
     return out;
   };
 

@@ -99,19 +99,31 @@ async function waitFor(xs: MemoryXenStore, path: string, want: string | RegExp, 
   }
 }
 
+/**
+ * What an agent that died mid-job leaves: domain 5 suspended by it, its AUTO request, and the job's
+ * state (with the given permissions), accepted-id and suspended-by nodes. The agent is not started.
+ */
+async function crashedMidJob(
+  state: string,
+  statePerms: Parameters<MemoryXenStore['put']>[2],
+): Promise<{ xs: MemoryXenStore; domains: FakeDomains }> {
+  const { xs, domains } = host([5]);
+  await domains.suspend(5);
+  request(xs, 5, AUTO);
+  xs.put(J(5, 'state'), state, statePerms);
+  xs.put(J(5, 'accepted-id'), 'j1', DOM0);
+  xs.put(J(5, 'suspended-by'), 'agent', DOM0);
+  return { xs, domains };
+}
+
 describe('trust of the agent-written nodes in a crash recovery', () => {
   it('a state node another domain may write decides nothing: no recovery, no resume, logged', async () => {
     const s: Script = { calls: [] };
-    const { xs, domains } = host([5]);
-    await domains.suspend(5);
-    request(xs, 5, AUTO);
     // A forged "post-suspend + suspended-by=agent" would make the agent resume a domain it never suspended.
-    xs.put(J(5, 'state'), 'post-suspend', [
+    const { xs, domains } = await crashedMidJob('post-suspend', [
       { domid: 0, access: 'n' },
       { domid: 5, access: 'w' },
     ]);
-    xs.put(J(5, 'accepted-id'), 'j1', DOM0);
-    xs.put(J(5, 'suspended-by'), 'agent', DOM0);
     await start(xs, domains, s);
     const end = Date.now() + 2000;
     while (
@@ -130,16 +142,11 @@ describe('trust of the agent-written nodes in a crash recovery', () => {
 
   it('trusted state nodes but an untrusted request: still recovered and resumed (never left suspended)', async () => {
     const s: Script = { calls: [] };
-    const { xs, domains } = host([5]);
-    await domains.suspend(5);
-    request(xs, 5, AUTO);
+    const { xs, domains } = await crashedMidJob('syncing', DOM0);
     xs.put(J(5, 'request/target'), 'evil-host', [
       { domid: 0, access: 'n' },
       { domid: 5, access: 'b' },
     ]);
-    xs.put(J(5, 'state'), 'syncing', DOM0);
-    xs.put(J(5, 'accepted-id'), 'j1', DOM0);
-    xs.put(J(5, 'suspended-by'), 'agent', DOM0);
     await start(xs, domains, s);
     await waitFor(xs, J(5, 'state'), 'failed');
     expect(s.calls).toEqual(['5/51712:recover:sync']);
@@ -172,6 +179,21 @@ describe('a domain layer that does not answer cannot hang a job or leave the gue
     const cfg = defaultConfig();
     Object.assign(cfg.timeouts, { suspendAckMs: 50, suspendMs: 50, recoverMs: 300, killGraceMs: 50 });
     return cfg;
+  }
+
+  /** A guest that acks but never suspends, and an abort while suspending: the job left recovering (300 ms on). */
+  async function abortedAfterAck(s: Script): Promise<{ xs: MemoryXenStore; domains: FakeDomains }> {
+    const { xs, domains } = host([5]);
+    domains.ackThenWait.add(5);
+    const cfg = fastCfg();
+    cfg.timeouts.suspendMs = 5000; // the watch's bound, from the cancel
+    await start(xs, domains, s, cfg);
+    request(xs, 5, AUTO);
+    await waitFor(xs, J(5, 'state'), 'suspending');
+    xs.put(J(5, 'control'), 'abort', DOM0);
+    await waitFor(xs, J(5, 'state'), 'recovering');
+    await new Promise((r) => setTimeout(r, 300));
+    return { xs, domains };
   }
 
   it('a suspend call that never settles: bounded, devices recovered, failed with the reason', async () => {
@@ -214,16 +236,7 @@ describe('a domain layer that does not answer cannot hang a job or leave the gue
 
   it('a cancelled suspend the guest had acked: recovering while watching; the domain destroyed then -> failed, no resume', async () => {
     const s: Script = { calls: [] };
-    const { xs, domains } = host([5]);
-    domains.ackThenWait.add(5);
-    const cfg = fastCfg();
-    cfg.timeouts.suspendMs = 5000; // the watch's bound, from the cancel
-    await start(xs, domains, s, cfg);
-    request(xs, 5, AUTO);
-    await waitFor(xs, J(5, 'state'), 'suspending');
-    xs.put(J(5, 'control'), 'abort', DOM0);
-    await waitFor(xs, J(5, 'state'), 'recovering');
-    await new Promise((r) => setTimeout(r, 300));
+    const { xs, domains } = await abortedAfterAck(s);
     expect(xs.value(J(5, 'state'))).toBe('recovering');
     expect(s.calls).toContain('5/51712:recover:preSuspend');
     const t0 = Date.now();
@@ -237,16 +250,7 @@ describe('a domain layer that does not answer cannot hang a job or leave the gue
 
   it('a cancelled suspend the guest had acked, then suspended late: resumed by the watch', async () => {
     const s: Script = { calls: [] };
-    const { xs, domains } = host([5]);
-    domains.ackThenWait.add(5);
-    const cfg = fastCfg();
-    cfg.timeouts.suspendMs = 5000;
-    await start(xs, domains, s, cfg);
-    request(xs, 5, AUTO);
-    await waitFor(xs, J(5, 'state'), 'suspending');
-    xs.put(J(5, 'control'), 'abort', DOM0);
-    await waitFor(xs, J(5, 'state'), 'recovering');
-    await new Promise((r) => setTimeout(r, 300));
+    const { xs, domains } = await abortedAfterAck(s);
     // No domain event here (the fake emits none for a suspend): the watch's own check finds it.
     domains.toolstackSuspend(5);
     await waitFor(xs, J(5, 'state'), 'aborted', 3000);

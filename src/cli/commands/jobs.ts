@@ -1,12 +1,10 @@
 // `status`, `abort`, `step` and `check`: the requester's everyday commands over the job
 // protocol. Each waits through watches with a deadline and reports per device.
 import { isControl, STEPS } from '../../migration/state-machine.js';
-import type { XenStore } from '../../xenstore/types.js';
 import { CliError, ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { println, printJson, withXenStore, type CliContext } from '../context.js';
 import {
   agentPresence,
-  checkMigratable,
   checkTarget,
   isFinal,
   listJobs,
@@ -19,19 +17,8 @@ import {
   writeRequest,
   type JobView,
 } from '../job-client.js';
+import { requireAgent, resolveMigratable } from '../preflight.js';
 import { deviceLines, jobSummary, ProgressDisplay } from '../render.js';
-
-/** Before asking anything of the agent: say so at once when none is running. */
-export async function requireAgent(xs: XenStore): Promise<void> {
-  const a = await agentPresence(xs);
-  if (!a.alive) {
-    throw new CliError(
-      `no devmigrate agent is running (agent state: ${a.state ?? 'never started'}${a.pid ? `, pid ${a.pid}` : ''})`,
-      ExitCode.UNAVAILABLE,
-      ['start it: systemctl start xen-devmigrate (or: devmigrate agent)'],
-    );
-  }
-}
 
 function printJob(ctx: CliContext, job: JobView): void {
   for (const l of jobSummary(job)) println(ctx, l);
@@ -134,9 +121,7 @@ export async function stepCommand(
   }
   const step = args.step;
   return withXenStore(ctx, async (xs) => {
-    const dom = await resolveDomain(xs, args.domain);
-    checkMigratable(dom);
-    await requireAgent(xs);
+    const dom = await resolveMigratable(xs, args.domain);
     let job = await readJob(xs, dom.domid);
     if (!job || isFinal(job.state)) {
       // xend-style: the first step of a new migration names the destination.
@@ -195,9 +180,7 @@ export async function checkCommand(
   const host = args.host ?? 'localhost';
   checkTarget(host);
   return withXenStore(ctx, async (xs) => {
-    const dom = await resolveDomain(xs, args.domain);
-    checkMigratable(dom);
-    await requireAgent(xs);
+    const dom = await resolveMigratable(xs, args.domain);
     await writeRequest(xs, dom.domid, { id: newJobId(), target: host, mode: 'steps', suspend: 'agent' });
     let job: JobView | undefined;
     try {

@@ -6,20 +6,18 @@ import type { XenStore } from '../../xenstore/types.js';
 import { CliError, ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { println, printJson, withXenStore, type CliContext } from '../context.js';
 import {
-  checkMigratable,
   checkTarget,
   isFinal,
   newJobId,
   readJob,
   removeJob,
-  resolveDomain,
   waitForJob,
   writeControl,
   writeRequest,
   type JobView,
 } from '../job-client.js';
+import { resolveMigratable } from '../preflight.js';
 import { jobSummary, ProgressDisplay } from '../render.js';
-import { requireAgent } from './jobs.js';
 
 export interface MigrateArgs {
   domain: string;
@@ -87,9 +85,7 @@ function lastLines(text: string, n = 5): string[] {
 export async function migrateCommand(ctx: CliContext, args: MigrateArgs): Promise<ExitCodeValue> {
   checkTarget(args.host);
   return withXenStore(ctx, async (xs) => {
-    const dom = await resolveDomain(xs, args.domain);
-    checkMigratable(dom);
-    await requireAgent(xs);
+    const dom = await resolveMigratable(xs, args.domain);
     const display = new ProgressDisplay(ctx.out, !ctx.json);
     const say = (l: string): void => {
       display.end();
