@@ -21,6 +21,7 @@ import {
   XENBUS_PORT_BASE,
   type SimDomainState,
 } from './sim-state.js';
+import { pidAlive } from '../src/agent/pid-alive.js';
 
 export { buildMocks, MockBuildError } from './build.js';
 export { MockProcessError } from './processes.js';
@@ -273,15 +274,6 @@ class Harness implements XenstoredHarness {
 }
 
 const OWNER_FILE = 'owner-pid';
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /**
  * Removes run folders of harnesses whose process was SIGKILLed (no exit hook ran): their daemons

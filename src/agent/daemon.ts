@@ -9,6 +9,7 @@ import type { JobEngine } from './engine-port.js';
 import { setLevel, type Logger } from './logger.js';
 import { ResilientXenStore } from './resilient-xenstore.js';
 import type { Notifier } from './sd-notify.js';
+import { pidAlive } from './pid-alive.js';
 
 export const AGENT_PATH = `${ROOT}/agent`;
 /** Owned by dom0, no access for any other domain: guests must neither read nor forge it. */
@@ -249,15 +250,6 @@ export class AgentConflictError extends Error {
     readonly state: string,
   ) {
     super(`another devmigrate agent (pid ${pid}, state ${state}) is running; only one may serve the jobs`);
-  }
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -8,15 +8,7 @@ import { resolve } from 'node:path';
 import { CliError, ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { println, printJson, type CliContext } from '../context.js';
 import { SIM_FILES, type SimEnv } from '../sim-files.js';
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+import { pidAlive } from '../../agent/pid-alive.js';
 
 export function readSimPid(dir: string): number | undefined {
   try {
