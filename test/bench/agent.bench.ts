@@ -4,6 +4,7 @@
 // jobs in flight. Last stdout line: JSON. Bounded well under 60 s.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -98,6 +99,42 @@ function guest(domid: number): GuestDescription {
   };
 }
 
+/**
+ * The reference of the same run: a bare Node process that connects with our XenStore client and
+ * writes one presence node, then idles. The agent's start-up and idle RSS are read against it:
+ * what the agent adds over "Node plus a XenStore connection".
+ */
+async function referenceProcess(
+  xs: XenStore,
+  env: NodeJS.ProcessEnv,
+): Promise<{ readyMs: number; rssMb: number }> {
+  const client = new URL('../../src/xenstore/index.js', import.meta.url).href;
+  const script =
+    `const { connectXenStore } = await import(${JSON.stringify(client)});` +
+    `const xs = await connectXenStore();` +
+    `await xs.write('/tool/devmigrate-bench-ref/ready', String(process.pid));` +
+    `setInterval(() => {}, 60_000);`;
+  const t0 = performance.now();
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { env, stdio: 'ignore' });
+  try {
+    const pid = child.pid;
+    if (pid === undefined) throw new Error('reference process did not start');
+    await waitWatched(
+      xs,
+      '/tool/devmigrate-bench-ref',
+      async () => (await xs.tryRead('/tool/devmigrate-bench-ref/ready')) === String(pid),
+      20_000,
+      'reference process ready',
+    );
+    const readyMs = round(performance.now() - t0, 0);
+    await new Promise((r) => setTimeout(r, 1000));
+    return { readyMs, rssMb: rssMb(pid) };
+  } finally {
+    child.kill('SIGKILL');
+    await xs.rm('/tool/devmigrate-bench-ref').catch(() => undefined);
+  }
+}
+
 async function main(): Promise<void> {
   await buildMocks();
   const dir = await mkdtemp(join(tmpdir(), 'bench-agent-'));
@@ -121,6 +158,8 @@ async function main(): Promise<void> {
       cfg,
       JSON.stringify({ disks: { sharedPathPrefixes: ['/srv/shared/'] }, limits: { maxJobs: JOBS } }),
     );
+
+    const ref = await referenceProcess(xs, h.env);
 
     const t0 = performance.now();
     agent = spawnAgent({
@@ -171,8 +210,13 @@ async function main(): Promise<void> {
     const stopMs = round(performance.now() - stop0, 0);
     agent = undefined;
 
-    console.log(`agent start -> READY (spawn to presence "ready"): ${readyMs} ms   (target <= 500)`);
-    console.log(`idle RSS: ${idleRss} MB   (target <= 70)`);
+    console.log(
+      `reference (bare node + XenStore connection + one write): ready ${ref.readyMs} ms, RSS ${ref.rssMb} MB`,
+    );
+    console.log(
+      `agent start -> READY (spawn to presence "ready"): ${readyMs} ms   (target <= 500; ${round(readyMs / ref.readyMs, 2)} x reference)`,
+    );
+    console.log(`idle RSS: ${idleRss} MB   (target <= 70; ${round(idleRss / ref.rssMb, 2)} x reference)`);
     console.log(`XenStore requests in ${IDLE_S} s idle: ${idleOps} (scaled to 10 s)   (target 0)`);
     console.log(
       `${JOBS} jobs in flight (steps mode, tested): RSS ${rss100} MB   (target <= 150); written+tested in ${jobsMs} ms`,
@@ -188,6 +232,10 @@ async function main(): Promise<void> {
         jobs_tested_ms: jobsMs,
         sigterm_exit: exit.code,
         sigterm_ms: stopMs,
+        ref_ready_ms: ref.readyMs,
+        ref_rss_mb: ref.rssMb,
+        ready_ratio: round(readyMs / ref.readyMs, 2),
+        idle_rss_ratio: round(idleRss / ref.rssMb, 2),
       }),
     );
   } finally {
