@@ -102,7 +102,9 @@ async function main() {
       `E2E_NODE='${fromDom0(path.join(images.dir, 'node'))}'`,
       `E2E_ONLY='${opts.only.replace(/[^A-Za-z0-9_ -]/g, '')}'`,
       `E2E_STRICT='${opts.strict ? 1 : 0}'`,
-      'export E2E_IMAGES E2E_NODE E2E_ONLY E2E_STRICT',
+      // The agent check's scenarios (dom0/agent-check.sh; default "a b c"), from the host's env.
+      `E2E_AGENT_SCENARIOS='${(process.env.E2E_AGENT_SCENARIOS ?? '').replace(/[^a-z ]/g, '')}'`,
+      'export E2E_IMAGES E2E_NODE E2E_ONLY E2E_STRICT E2E_AGENT_SCENARIOS',
       '',
     ].join('\n'),
   );

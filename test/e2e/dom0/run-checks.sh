@@ -22,7 +22,8 @@ timeout_of() {
   case "$1" in
     guest-create) echo 240 ;;
     guest-migrate | guest-save-restore) echo 240 ;;
-    agent | domain-control) echo 300 ;;
+    domain-control) echo 300 ;;
+    agent) echo 600 ;;
     *) echo 120 ;;
   esac
 }

@@ -30,7 +30,7 @@ export const GUEST_MODULES = ['xen-blkfront', 'xen-netfront'];
 
 /** Host programs copied into dom0: the hotplug scripts are bash and want util-linux flock and
  * losetup (busybox has no flock; its losetup -a prints another format) and coreutils stat. */
-const HOST_PROGRAMS = ['/bin/bash', '/usr/bin/flock', '/usr/sbin/losetup', '/usr/bin/stat'];
+const HOST_PROGRAMS = ['/bin/bash', '/usr/bin/flock', '/usr/sbin/losetup', '/usr/bin/stat', '/usr/bin/rsync'];
 
 export class ImageError extends Error {
   name = 'ImageError';
