@@ -39,6 +39,7 @@ const AGENT_NODES = [
   'accepted-id',
   'accepted-mode',
   'control',
+  'source',
 ];
 
 /** States after the domain was suspended: a draining agent lets these finish within its bound. */
@@ -225,7 +226,8 @@ export class MigrationEngine {
    */
   async drain(timeoutMs: number): Promise<EngineDrainResult> {
     this.stopAccepting();
-    const deadline = Date.now() + timeoutMs;
+    const drainStart = Date.now();
+    const deadline = drainStart + timeoutMs;
     const finishBy = deadline - Math.min(DRAIN_RECOVERY_RESERVE_MS, Math.floor(timeoutMs / 3));
     const cleanup: (() => void)[] = [];
     try {
@@ -252,9 +254,9 @@ export class MigrationEngine {
       }
       const settled = active.map((run) => this.settledForDrain(run, cleanup));
       await settleBy(settled, finishBy);
+      const reserveWhy = `agent stopping: recovery reserve of the drain bound of ${timeoutMs} ms reached after ${((Date.now() - drainStart) / 1000).toFixed(1)} s`;
       for (const run of active) {
-        if (run.state !== 'done' && !isTerminal(run.state))
-          run.abort('abort', `agent stopping: drain bound of ${timeoutMs} ms reached`);
+        if (run.state !== 'done' && !isTerminal(run.state)) run.abort('abort', reserveWhy);
       }
       await settleBy(settled, deadline);
       const result: EngineDrainResult = {
@@ -574,7 +576,7 @@ export class MigrationEngine {
   }
 
   private async fail(key: string, error: string, id: string | undefined, clear: boolean): Promise<void> {
-    this.jlog(key).warn(`job ${key} failed: ${error}`);
+    this.jlog(key).error(`job ${key} failed: ${error}`);
     const nodes: Record<string, string | undefined> = {};
     if (clear) for (const n of AGENT_NODES) nodes[n] = undefined;
     Object.assign(nodes, { state: 'failed', error: oneLine(error), recovered: '1' });
@@ -654,8 +656,8 @@ export class MigrationEngine {
   private launch(run: JobRun, start: JobStart): void {
     this.jobs.set(run.domid, run);
     void run.run(start).then(() => {
-      if (this.jobs.get(run.domid) === run && (isTerminal(run.state) || run.aborted))
-        this.jobs.delete(run.domid);
+      const over = isTerminal(run.state) || run.aborted || (run.state === 'done' && run.sourceLeft);
+      if (this.jobs.get(run.domid) === run && over) this.jobs.delete(run.domid);
     });
   }
 

@@ -17,6 +17,7 @@ import {
   allowedControls,
   isTerminal,
   lastPhaseOf,
+  SOURCE_MAY_LEAVE,
   nextAutoStep,
   PHASE_OF_STEP,
   transition,
@@ -136,6 +137,8 @@ export class JobRun {
   private abortCause: 'abort' | 'error' | 'gone' | undefined;
   private abortWhy = '';
   private weSuspended = false;
+  /** suspend=toolstack: the source was destroyed past the suspend (xl migrate's normal end). */
+  private sourceGone = false;
   /** The agent's suspend call, settled or not: recovery waits for it before deciding to resume. */
   private suspendCall: Promise<unknown> | undefined;
   /** Set when the agent's suspend was cancelled after the guest acked and it had not suspended. */
@@ -191,7 +194,12 @@ export class JobRun {
     how: 'await' | 'defer' | 'background' = 'await',
   ): Promise<void> {
     const next = transition(this.state, ev);
-    this.log.info(`job ${this.domid} (${this.request.id}): ${this.state} -> ${next}`, { event: ev.type });
+    const line = `job ${this.domid} (${this.request.id}): ${this.state} -> ${next}`;
+    // An outcome that needs a look stands out by level (docs/operations.md, "Log levels").
+    const meta = { event: ev.type, ...(extra.error !== undefined ? { error: extra.error } : {}) };
+    if (next === 'failed') this.log.error(line, meta);
+    else if (next === 'aborted' || next === 'refused') this.log.warn(line, meta);
+    else this.log.info(line, meta);
     this.state = next;
     const nodes = { ...this.deferred, ...extra, state: next };
     if (how === 'defer') {
@@ -237,6 +245,12 @@ export class JobRun {
   /** Aborts what runs now; the run loop then recovers. The first cause wins. */
   abort(cause: 'abort' | 'error' | 'gone', why: string): void {
     if (this.abortCause !== undefined || isTerminal(this.state)) return;
+    if (cause === 'gone' && this.request.suspend === 'toolstack' && SOURCE_MAY_LEAVE.includes(this.state)) {
+      this.onSourceGone();
+      return;
+    }
+    if (this.sourceGone)
+      why = `${why}; domain ${this.domid} has left this host (destroyed by the toolstack after its suspend), nothing to resume here`;
     this.abortCause = cause;
     this.abortWhy = why;
     this.abortedAt = Date.now();
@@ -245,6 +259,21 @@ export class JobRun {
     this.stepWaiter = undefined;
     // Wakes a steps-mode job waiting for a control, or a done job waiting for recover.
     if (w !== undefined) w('test');
+  }
+
+  /**
+   * suspend=toolstack, past the suspend: `xl migrate` destroys the source once the destination
+   * holds the domain (on failure it resumes the source instead), so this is its expected end. The
+   * running phases finish within their bounds; there is nothing left to resume whatever happens.
+   */
+  private onSourceGone(): void {
+    if (this.sourceGone) return;
+    transition(this.state, { type: 'source-gone' }); // the state stays; throws if not allowed
+    this.sourceGone = true;
+    this.log.info(`job ${this.domid}: the toolstack destroyed the source domain; the devices finish`, {
+      event: 'source-gone',
+    });
+    this.deps.writer.persist({ source: 'gone' }).catch(() => undefined);
   }
 
   /**
@@ -263,6 +292,11 @@ export class JobRun {
     const w = this.stepWaiter;
     this.stepWaiter = undefined;
     if (w !== undefined) w('test');
+  }
+
+  /** suspend=toolstack: the source was destroyed past the suspend; a `done` job then holds nothing. */
+  get sourceLeft(): boolean {
+    return this.sourceGone;
   }
 
   get aborted(): boolean {
@@ -318,6 +352,7 @@ export class JobRun {
       }
       let step: Step | undefined;
       if (this.state === 'done') {
+        if (this.sourceGone) return; // the source left during the job: nothing to hold
         // Finished from our side: hold until recover/abort or the domain goes (no timeout: the
         // toolstack owns the domain now, and resuming it here could run it twice).
         await new Promise<Step>((r) => (this.stepWaiter = r));
@@ -395,8 +430,12 @@ export class JobRun {
         return;
       }
       this.abortCause = 'error';
-      this.abortWhy = summary;
-      await this.to({ type: 'phase-failed' }, { error: summary });
+      this.abortWhy = this.sourceGone
+        ? oneLine(
+            `domain ${this.domid} has left this host (destroyed by the toolstack after its suspend) but ${summary}; nothing to resume here`,
+          )
+        : summary;
+      await this.to({ type: 'phase-failed' }, { error: this.abortWhy });
       await this.recoverAll();
       return;
     }
@@ -668,6 +707,7 @@ export class JobRun {
     }
     let gone =
       this.abortCause === 'gone' ||
+      this.sourceGone ||
       (await this.deps.domains.info(this.domid).catch(() => undefined)) === undefined;
     const recoverMs = this.deps.config.timeouts.recoverMs;
     const ctl = new AbortController();

@@ -48,6 +48,7 @@ export type JobEvent =
   | { type: 'suspend-failed' }
   | { type: 'abort' }
   | { type: 'gone' }
+  | { type: 'source-gone' }
   | { type: 'recovered'; cause: 'abort' | 'error' }
   | { type: 'recovery-failed' };
 
@@ -70,6 +71,12 @@ const PHASE_DONE: Partial<Record<JobState, JobState>> = {
   'post-suspend': 'post-suspended',
   syncing: 'done',
 };
+
+/**
+ * With suspend=toolstack, states in which the source domain may be destroyed by a successful
+ * `xl migrate` (the toolstack was seen suspending it): the job goes on (event source-gone).
+ */
+export const SOURCE_MAY_LEAVE: readonly JobState[] = ['post-suspend', 'post-suspended', 'syncing'];
 
 export function isTerminal(s: JobState): boolean {
   return TERMINAL_STATES.includes(s);
@@ -118,6 +125,10 @@ export function transition(state: JobState, ev: JobEvent): JobState {
       if (state === 'done') return 'done'; // the toolstack finished and destroyed the source
       if (state === 'accepted' || state === 'testing' || state === 'tested') return 'failed';
       return isMutated(state) ? 'recovering' : bad();
+    case 'source-gone':
+      // Toolstack suspend, past it: xl destroys the source once the destination holds the domain,
+      // the expected end of its migration. The running phases go on; the state does not change.
+      return SOURCE_MAY_LEAVE.includes(state) ? state : bad();
     case 'recovered':
       return state === 'recovering' ? (ev.cause === 'abort' ? 'aborted' : 'failed') : bad();
     case 'recovery-failed':

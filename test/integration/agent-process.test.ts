@@ -227,6 +227,9 @@ describe('devmigrate as a process on a simulated host', () => {
         'for d in $(xenstore-list /local/domain); do [ "$(xenstore-read /local/domain/$d/name 2>/dev/null)" = "$1" ] && id=$d; done',
         'xenstore-write /local/domain/$id/control/shutdown suspend',
         'sleep 1',
+        '# xl renames the source <name>--migratedaway, then destroys it: its name is gone here',
+        'xenstore-write /local/domain/$id/name "$1--migratedaway"',
+        'xenstore-rm /local/domain/$id/name',
         'echo "migration to $2 complete"',
         '',
       ].join('\n'),
@@ -248,6 +251,8 @@ describe('devmigrate as a process on a simulated host', () => {
     );
     expect(r.code, r.out + r.err).toBe(ExitCode.OK);
     expect(r.out).toContain('migrated alpha to host-b; it is running there');
+    // The summary names the domain resolved before the migration, not "?".
+    expect(r.out).toContain('domain alpha (id 1)');
     expect((await readFile(join(dir, 'unpaused'), 'utf8')).trim()).toBe('host-b alpha');
     const d = await sim.harness.getDomain(1);
     expect(d?.shutdown && d.shutdownReason === 2).toBe(true); // suspended at the source, as xl leaves it

@@ -10,7 +10,7 @@ import { chmod, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/pr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { defaultConfig, type DevMigrateConfig } from '../../src/config/schema.js';
 import type { Logger } from '../../src/devices/types.js';
 import { createDomainControl, type XenDomainControl } from '../../src/domains/domain-control.js';
@@ -129,6 +129,7 @@ step=; name=; rec=
 while [ $# -gt 0 ]; do case "$1" in -step) step=$2; shift 2;; -domname) name=$2; shift 2;; -recover) rec=-recover; shift;; *) shift;; esac; done
 echo "step=$step$rec domid=$DEVMIGRATE_DOMID devid=$DEVMIGRATE_DEVID" >> $D/calls-$name.log
 if [ -z "$rec" ] && [ -e $D/hang-$name-$step ]; then echo $$ > $D/pid-$name-$step; sleep 60; fi
+if [ -z "$rec" ] && [ -e $D/slow-$name-$step ]; then sleep 1.5; fi
 if [ -z "$rec" ] && [ -e $D/fail-$name-$step ]; then echo "Error: step $step refused by the target" >&2; exit 1; fi
 exit 0
 `,
@@ -150,6 +151,8 @@ exit 0
     ),
     // Suspends aborted mid-handshake (see "an abort during the agent's suspend").
     ...[48, 49, 50, 51, 52].map((d) => guest(d, [{ type: 'vif', mac: `00:16:3e:00:00:${d}` }])),
+    // The source destroyed mid-sync (xl migrate's end in toolstack mode).
+    ...[53, 54, 55].map((d) => guest(d, [{ type: 'vif', mac: `00:16:3e:00:00:${d}` }, VTPM])),
   ];
   host = await createSimHost(h, { guests: all });
   for (const g of all) {
@@ -438,6 +441,68 @@ describe('migration engine on the real xenstored', () => {
     expect((await toolCalls(29)).at(-1)).toBe('step=1-recover domid=29 devid=0');
   });
 
+  it('suspend=toolstack, the source destroyed mid-sync (xl migrate done): the sync finishes, job done, no resume', async () => {
+    await touch('slow-g53-3');
+    const resume = vi.spyOn(domains, 'resume');
+    try {
+      await submit(53, { ...AUTO, id: 'ts-gone', suspend: 'toolstack' });
+      await waitState(53, 'suspending');
+      await h.setDomain(53, { shutdown: true, shutdownReason: 2 });
+      await waitState(53, 'syncing');
+      await h.destroyDomain(53);
+      await waitState(53, 'done');
+      expect(await read(J(53, 'source'))).toBe('gone');
+      // Nothing left to hold for the toolstack: the engine lets the job go.
+      const end = Date.now() + 2000;
+      while (engine.job(53) !== undefined && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+      expect(engine.job(53)).toBeUndefined();
+      expect(await read(J(53, 'error'))).toBeUndefined();
+      expect(await read(J(53, 'devices/vtpm/0/state'))).toBe('synced');
+      expect(await toolCalls(53)).toEqual([
+        'step=0 domid=53 devid=0',
+        'step=1 domid=53 devid=0',
+        'step=2 domid=53 devid=0',
+        'step=3 domid=53 devid=0',
+      ]);
+      expect(resume.mock.calls.filter(([d]) => d === 53)).toEqual([]);
+    } finally {
+      resume.mockRestore();
+    }
+  });
+
+  it('suspend=toolstack, the source destroyed mid-sync and the sync fails: failed naming the device, recovered, no resume', async () => {
+    await touch('slow-g54-3');
+    await touch('fail-g54-3');
+    const resume = vi.spyOn(domains, 'resume');
+    try {
+      await submit(54, { ...AUTO, id: 'ts-gone-fail', suspend: 'toolstack' });
+      await waitState(54, 'suspending');
+      await h.setDomain(54, { shutdown: true, shutdownReason: 2 });
+      await waitState(54, 'syncing');
+      await h.destroyDomain(54);
+      await waitState(54, 'failed');
+      const error = (await read(J(54, 'error'))) ?? '';
+      expect(error).toMatch(/domain 54 has left this host/);
+      expect(error).toMatch(/vtpm\/0/);
+      expect(await read(J(54, 'source'))).toBe('gone');
+      expect((await toolCalls(54)).at(-1)).toBe('step=3-recover domid=54 devid=0');
+      expect(resume.mock.calls.filter(([d]) => d === 54)).toEqual([]);
+    } finally {
+      resume.mockRestore();
+    }
+  });
+
+  it('suspend=agent, the domain destroyed mid-sync: failed as before (destroyed, devices recovered)', async () => {
+    await touch('slow-g55-3');
+    await submit(55, { ...AUTO, id: 'agent-gone' });
+    await waitState(55, 'syncing');
+    await h.destroyDomain(55);
+    await waitState(55, 'failed');
+    expect(await read(J(55, 'error'))).toMatch(/domain 55 was destroyed/);
+    expect(await read(J(55, 'source'))).toBeUndefined();
+    expect((await toolCalls(55)).at(-1)).toBe('step=3-recover domid=55 devid=0');
+  });
+
   it('a real file-backed image is copied by rsync in two passes and matches byte for byte', async () => {
     const image = join(dir, 'disk.img');
     await submit(30, { ...STEPS, target: 'localhost' });
@@ -618,7 +683,9 @@ describe('crash recovery: a fresh engine over the same XenStore, for every persi
       } else {
         expect(await running(D)).toBe(true);
       }
-      expect(logs.slice(mark).filter((l) => l.startsWith('E '))).toEqual([]);
+      // A job ending failed is logged at error (docs/operations.md); nothing else may be.
+      const errors = logs.slice(mark).filter((l) => l.startsWith('E '));
+      expect(errors.filter((l) => !/^E job \d+ (\(.*\): \S+ -> failed$|failed: )/.test(l))).toEqual([]);
     },
   );
 

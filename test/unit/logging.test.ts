@@ -167,3 +167,63 @@ describe("the engine's job lines (--log-format json)", () => {
     });
   });
 });
+
+describe("the engine's job outcomes (--log-format journal)", () => {
+  it('log failed at error (<3>), aborted and refused at warning (<4>), done at info (<6>)', async () => {
+    const cap = new LineCapture();
+    const log = createLogger({ format: 'journal', level: 'debug', stream: cap });
+    const xs = new MemoryXenStore();
+    const domains = new FakeDomains();
+    const dom0 = [{ domid: 0, access: 'n' as const }];
+    const cfg = defaultConfig();
+    const registry = new DeviceRegistry(cfg);
+    // Domain 21 refuses at test, 22 fails its pre-suspend, 23 is aborted, 24 migrates.
+    registry.register('vbd', {
+      inspect: () => Promise.resolve({}),
+      create: () => ({
+        policy: 'scripted',
+        test: (ctx) =>
+          Promise.resolve(ctx.job.domid === 21 ? { ok: false, reason: 'no target' } : { ok: true }),
+        preSuspend: (ctx) =>
+          ctx.job.domid === 22 ? Promise.reject(new Error('copy broke')) : Promise.resolve(),
+      }),
+    });
+    for (const d of [21, 22, 23, 24]) {
+      domains.add(d);
+      xs.put(`/local/domain/0/backend/vbd/${d}/51712/params`, '/x', dom0);
+    }
+    const engine = new MigrationEngine({ xs, domains, config: cfg, log: engineLogger(log), registry });
+    await engine.start();
+    const base = (d: number): string => `/tool/devmigrate/jobs/${d}`;
+    const waitFor = async (d: number, state: string): Promise<void> => {
+      const end = Date.now() + 3000;
+      while (xs.value(`${base(d)}/state`) !== state && Date.now() < end)
+        await new Promise((r) => setTimeout(r, 5));
+      expect(xs.value(`${base(d)}/state`)).toBe(state);
+    };
+    try {
+      for (const d of [21, 22, 23, 24]) {
+        xs.put(base(d), '', dom0);
+        const mode = d === 23 ? 'steps' : 'auto';
+        const req = { id: `out-${d}`, target: 'host-b', mode, suspend: 'agent', live: '1' };
+        for (const [k, v] of Object.entries(req)) xs.put(`${base(d)}/request/${k}`, v, dom0);
+      }
+      await waitFor(23, 'accepted');
+      xs.put(`${base(23)}/control`, 'abort', dom0);
+      await waitFor(21, 'refused');
+      await waitFor(22, 'failed');
+      await waitFor(23, 'aborted');
+      await waitFor(24, 'done');
+    } finally {
+      await engine.stop();
+    }
+    await flush();
+    const outcome = (d: number, state: string): string | undefined =>
+      cap.lines.find((l) => l.includes(`job ${d} (out-${d}): `) && l.includes(`-> ${state}`));
+    expect(outcome(21, 'refused')).toMatch(/^<4>/);
+    expect(outcome(22, 'failed')).toMatch(/^<3>/);
+    expect(outcome(22, 'failed')).toContain('copy broke');
+    expect(outcome(23, 'aborted')).toMatch(/^<4>/);
+    expect(outcome(24, 'done')).toMatch(/^<6>/);
+  });
+});

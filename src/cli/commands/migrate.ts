@@ -98,6 +98,8 @@ export async function migrateCommand(ctx: CliContext, args: MigrateArgs): Promis
       hints: string[] = [],
     ): Promise<ExitCodeValue> => {
       display.end();
+      // Once xl moved it, the source's name is gone from XenStore: show the one resolved at the start.
+      const shown = job !== undefined ? { ...job, name: job.name ?? dom.name } : undefined;
       if (ctx.json)
         printJson(ctx, {
           domid: dom.domid,
@@ -105,11 +107,11 @@ export async function migrateCommand(ctx: CliContext, args: MigrateArgs): Promis
           target: args.host,
           result: msg,
           exit: code,
-          job: job ?? null,
+          job: shown ?? null,
           hints,
         });
       else {
-        if (job) for (const l of jobSummary(job)) println(ctx, l);
+        if (shown) for (const l of jobSummary(shown)) println(ctx, l);
         println(ctx, msg);
         for (const h of hints) println(ctx, `  - ${h}`);
       }
