@@ -7,8 +7,9 @@
 #  (c) `devmigrate migrate <guest> localhost` around `xl migrate -p` (suspend=toolstack): new
 #      domid, device phases recorded (--keep-job), the guest ticks at the destination.
 #  (e) SIGTERM while a job syncs: the agent aborts it, recovers, resumes the guest, exits 0.
-# E2E_AGENT_SCENARIOS (default "a b c e"; e last: it stops the agent) picks scenarios; "d", not in
-# the default plan (see docs/e2e.md), is (c) with a device sync slower than xl's end of migration.
+#  (d) (c) with a device sync slower than xl's end of migration: xl destroys the source while the
+#      device still syncs; the job must still end done and the guest tick at the destination.
+# E2E_AGENT_SCENARIOS (default "a b c d e"; e last: it stops the agent) picks scenarios.
 . "$E2E_LIB"
 cli=/mnt/host/dist/src/cli/main.js
 if [ ! -f "$cli" ]; then
@@ -16,7 +17,7 @@ if [ ! -f "$cli" ]; then
   skip "$cli not built (run npm run build)"
 fi
 cd /mnt/host || fail "no /mnt/host"
-SCENARIOS=${E2E_AGENT_SCENARIOS:-a b c e}
+SCENARIOS=${E2E_AGENT_SCENARIOS:-a b c d e}
 DISK=/tmp/e2e-disk.img
 COPY_ROOT=/tmp/e2e-copy
 TOOL=/tmp/e2e-vif-tool
