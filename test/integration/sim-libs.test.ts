@@ -1,10 +1,12 @@
 // Specification of libxenctrl-sim.so / libxenguest-sim.so loaded through koffi, as the agent's
-// bindings load the real libraries: Xen 4.17 ABI, errno conventions, and the one hypervisor they
-// share with xenstored (a suspend or destroy through the library reaches @releaseDomain).
+// bindings load the real libraries: the installed Xen release's ABI (4.17: xc_domain_getinfo too;
+// 4.18+: xc_domain_getinfo_single instead), errno conventions, and the one hypervisor they share
+// with xenstored (a suspend or destroy through the library reaches @releaseDomain).
 import { execFile, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import koffi from 'koffi';
+import type { LibraryHandle } from 'koffi';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   decodeDomainInfo,
@@ -12,6 +14,7 @@ import {
   type XcDomainInfoRecord,
 } from '../../native-bindings/libxenctrl.js';
 import { buildMocks, startXenstored, type XenstoredHarness } from '../../xen-mocks/harness.js';
+import { xenToolsVersion } from '../../xen-mocks/paths.js';
 
 const execFileP = promisify(execFile);
 
@@ -20,11 +23,22 @@ const DOMINF = { dying: 1, hvm: 2, shutdown: 4, paused: 8, running: 32 } as cons
 const ERRNO = koffi.os.errno as Record<string, number>;
 
 const XC_DOMINFO_SIZE = 112; // sizeof(xc_dominfo_t), gcc against Debian's 4.17 xenctrl.h
+/** The sim libraries are built against the installed headers: 4.17 still has xc_domain_getinfo. */
+const HEADERS_HAVE_GETINFO = xenToolsVersion() === '4.17';
+
+/** A symbol of the library, or undefined when it does not export it. */
+function optionalFunc(lib: LibraryHandle, decl: string): ((...a: unknown[]) => unknown) | undefined {
+  try {
+    return lib.func(decl) as (...a: unknown[]) => unknown;
+  } catch {
+    return undefined;
+  }
+}
 
 describe('simulated libxenctrl / libxenguest through koffi', () => {
   let xs: XenstoredHarness;
   let xch: unknown;
-  let xc: Record<string, (...args: unknown[]) => unknown>;
+  let xc: Record<string, ((...args: unknown[]) => unknown) | undefined>;
   let xg: Record<string, (...args: unknown[]) => unknown>;
   const savedState = process.env['XEN_SIM_STATE'];
 
@@ -76,7 +90,8 @@ describe('simulated libxenctrl / libxenguest through koffi', () => {
     xc = {
       open: lib.func('void *xc_interface_open(void *, void *, unsigned int)'),
       close: lib.func('int xc_interface_close(void *)'),
-      getinfo: lib.func('int xc_domain_getinfo(void *, uint32_t, unsigned int, void *)'),
+      getinfo: optionalFunc(lib, 'int xc_domain_getinfo(void *, uint32_t, unsigned int, void *)'),
+      getinfoSingle: lib.func('int xc_domain_getinfo_single(void *, uint32_t, void *)'),
       getinfolist: lib.func('int xc_domain_getinfolist(void *, uint32_t, unsigned int, void *)'),
       pause: lib.func('int xc_domain_pause(void *, uint32_t)'),
       unpause: lib.func('int xc_domain_unpause(void *, uint32_t)'),
@@ -105,18 +120,36 @@ describe('simulated libxenctrl / libxenguest through koffi', () => {
     expect(d4?.nr_online_vcpus).toBe(1);
   });
 
-  it('reports xc_dominfo_t bitfields and the next domain semantics of xc_domain_getinfo', async () => {
-    await xs.setDomain(4, { paused: 1 });
-    const buf = Buffer.alloc(XC_DOMINFO_SIZE);
-    expect(call(xc['getinfo'] as (...a: unknown[]) => unknown, xch, 1, 1, buf)[0]).toBe(1);
-    expect(buf.readUInt32LE(0)).toBe(4); // first domain >= 1
-    const bits = buf.readUInt32LE(8);
-    expect(bits & (1 << 3)).not.toBe(0); // paused
-    expect(bits & (1 << 5)).toBe(0); // not running
-    expect(bits & (1 << 6)).not.toBe(0); // hvm
-    expect(call(xc['getinfo'] as (...a: unknown[]) => unknown, xch, 5, 1, buf)).toEqual([-1, ERRNO['ESRCH']]);
-    await xs.setDomain(4, { paused: 0 });
+  it(`exports xc_domain_getinfo only as Xen ${xenToolsVersion()} does (${HEADERS_HAVE_GETINFO ? 'present' : 'removed in 4.18'})`, () => {
+    expect(xc['getinfo'] !== undefined).toBe(HEADERS_HAVE_GETINFO);
   });
+
+  it('answers xc_domain_getinfo_single for the asked domain only (ESRCH otherwise)', async () => {
+    const single = xc['getinfoSingle'] as (...a: unknown[]) => unknown;
+    const buf = Buffer.alloc(XC_DOMAININFO_SIZE);
+    expect(call(single, xch, 4, buf)[0]).toBe(0);
+    expect(decodeDomainInfo(buf, 0).domain).toBe(4);
+    expect(call(single, xch, 3, buf)).toEqual([-1, ERRNO['ESRCH']]);
+    expect(call(single, xch, 5, buf)).toEqual([-1, ERRNO['ESRCH']]);
+  });
+
+  // Part of the 4.17 ABI only: on a 4.18+ build the test above proves the symbol is absent.
+  if (HEADERS_HAVE_GETINFO)
+    it('reports xc_dominfo_t bitfields and the next domain semantics of xc_domain_getinfo', async () => {
+      await xs.setDomain(4, { paused: 1 });
+      const buf = Buffer.alloc(XC_DOMINFO_SIZE);
+      expect(call(xc['getinfo'] as (...a: unknown[]) => unknown, xch, 1, 1, buf)[0]).toBe(1);
+      expect(buf.readUInt32LE(0)).toBe(4); // first domain >= 1
+      const bits = buf.readUInt32LE(8);
+      expect(bits & (1 << 3)).not.toBe(0); // paused
+      expect(bits & (1 << 5)).toBe(0); // not running
+      expect(bits & (1 << 6)).not.toBe(0); // hvm
+      expect(call(xc['getinfo'] as (...a: unknown[]) => unknown, xch, 5, 1, buf)).toEqual([
+        -1,
+        ERRNO['ESRCH'],
+      ]);
+      await xs.setDomain(4, { paused: 0 });
+    });
 
   it('pauses and unpauses with Xen errno conventions', async () => {
     const pause = xc['pause'] as (...a: unknown[]) => unknown;

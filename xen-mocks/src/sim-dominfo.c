@@ -1,5 +1,5 @@
-/* Translation of a simulated domain (dom-N file) into libxenctrl 4.17's two info layouts,
- * xc_dominfo_t (bitfields) and xc_domaininfo_t (= xen_domctl_getdomaininfo_t, flags word). */
+/* Translation of a simulated domain (dom-N file) into libxenctrl's info layouts: xc_domaininfo_t
+ * (= xen_domctl_getdomaininfo_t, flags word; 4.17-4.22) and xc_dominfo_t (bitfields; 4.17 only). */
 #define _GNU_SOURCE
 #include "sim-dominfo.h"
 
@@ -8,6 +8,7 @@
 
 #include "sim-state.h"
 
+#ifdef SIM_HAVE_XC_DOMINFO
 static void fill_dominfo(const struct sim_dom *d, xc_dominfo_t *i)
 {
     memset(i, 0, sizeof(*i));
@@ -30,6 +31,7 @@ static void fill_dominfo(const struct sim_dom *d, xc_dominfo_t *i)
     i->gpaddr_bits = 52;
     memcpy(i->handle, d->handle, sizeof(i->handle));
 }
+#endif
 
 static void fill_domaininfo(const struct sim_dom *d, xc_domaininfo_t *i)
 {
@@ -56,6 +58,7 @@ static void fill_domaininfo(const struct sim_dom *d, xc_domaininfo_t *i)
     memcpy(i->handle, d->handle, sizeof(i->handle));
 }
 
+#ifdef SIM_HAVE_XC_DOMINFO
 int sim_getinfo(const char *dir, uint32_t first_domid, unsigned int max_doms, xc_dominfo_t *info)
 {
     uint32_t ids[256];
@@ -76,6 +79,7 @@ int sim_getinfo(const char *dir, uint32_t first_domid, unsigned int max_doms, xc
     }
     return k;
 }
+#endif
 
 int sim_getinfolist(const char *dir, uint32_t first_domid, unsigned int max_doms, xc_domaininfo_t *info)
 {
@@ -90,4 +94,18 @@ int sim_getinfolist(const char *dir, uint32_t first_domid, unsigned int max_doms
         if (sim_dom_read(dir, ids[i], &d) == 0)
             fill_domaininfo(&d, &info[k++]);
     return k;
+}
+
+int sim_getinfo_single(const char *dir, uint32_t domid, xc_domaininfo_t *info)
+{
+    struct sim_dom d;
+    uint32_t id;
+    /* As the domctl: the first domain at or above domid, refused unless it is domid itself. */
+    if (sim_dom_list(dir, domid, &id, 1) != 1 || id != domid || sim_dom_read(dir, id, &d) != 0) {
+        errno = ESRCH;
+        return -1;
+    }
+    if (info)
+        fill_domaininfo(&d, info);
+    return 0;
 }

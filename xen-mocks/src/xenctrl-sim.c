@@ -1,5 +1,5 @@
-/* libxenctrl-sim.so: the libxenctrl 4.17 calls the agent uses, with the same names and ABI
- * (xenctrl.h), backed by the simulated hypervisor's state folder ($XEN_SIM_STATE). State changes
+/* libxenctrl-sim.so: the libxenctrl calls the agent uses, with the same names and ABI as
+ * xenctrl.h of the Xen release installed here (4.17 or 4.20: one ABI for them), backed by the simulated hypervisor's state folder ($XEN_SIM_STATE). State changes
  * that Xen reports through VIRQ_DOM_EXC (shutdown, destroy) raise it in xenstored's FIFO. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -52,6 +52,7 @@ int xc_interface_close(xc_interface *xch)
     return 0;
 }
 
+#ifdef SIM_HAVE_XC_DOMINFO
 int xc_domain_getinfo(xc_interface *xch, uint32_t first_domid, unsigned int max_doms,
                       xc_dominfo_t *info)
 {
@@ -60,6 +61,18 @@ int xc_domain_getinfo(xc_interface *xch, uint32_t first_domid, unsigned int max_
         return -1;
     }
     return sim_getinfo(xch->dir, first_domid, max_doms, info);
+}
+#endif
+
+/* Declared by xenctrl.h from 4.18 on; defined here with either header. */
+int xc_domain_getinfo_single(xc_interface *xch, uint32_t domid, xc_domaininfo_t *info);
+int xc_domain_getinfo_single(xc_interface *xch, uint32_t domid, xc_domaininfo_t *info)
+{
+    if (!xch || xch->magic != XCH_MAGIC) {
+        errno = EINVAL;
+        return -1;
+    }
+    return sim_getinfo_single(xch->dir, domid, info);
 }
 
 int xc_domain_getinfolist(xc_interface *xch, uint32_t first_domain, unsigned int max_domains,

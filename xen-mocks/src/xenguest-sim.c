@@ -1,4 +1,4 @@
-/* libxenguest-sim.so: xc_domain_resume with libxenguest 4.17's name and ABI (xenguest.h),
+/* libxenguest-sim.so: xc_domain_resume with libxenguest's name and ABI (xenguest.h, unchanged 4.17-4.22),
  * implemented by libxenctrl-sim.so on the simulated state folder. */
 #define _GNU_SOURCE
 #include <xenctrl.h>

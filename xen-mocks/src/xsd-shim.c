@@ -1,6 +1,8 @@
-/* LD_PRELOAD library that lets Debian's real C xenstored (4.17, `xenstored -N`) run without a
- * hypervisor: it defines the 17 Xen symbols the daemon imports (event channels, grant tables,
- * xc_domain_getinfo) on top of the simulated hypervisor's state folder ($XEN_SIM_STATE). */
+/* LD_PRELOAD library that lets Debian's real C xenstored (4.17 or 4.20, `xenstored -N`) run
+ * without a hypervisor: it defines the 17 Xen symbols the daemon imports (event channels, grant
+ * tables, and xc_domain_getinfo in 4.17 / xc_domain_getinfo_single in 4.20) on top of the
+ * simulated hypervisor's state folder ($XEN_SIM_STATE). Unversioned definitions here satisfy the
+ * daemon's versioned references (libxenctrl_4.20.0, VERS_1.0). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -136,11 +138,21 @@ int xc_interface_close(xc_interface *xch)
     return 0;
 }
 
+#ifdef SIM_HAVE_XC_DOMINFO
 int xc_domain_getinfo(xc_interface *xch, uint32_t first_domid, unsigned int max_doms,
                       xc_dominfo_t *info)
 {
     (void)xch;
     return sim_getinfo(sim_state_dir(), first_domid, max_doms, info);
+}
+#endif
+
+/* What the 4.18+ daemons call instead (declared by xenctrl.h only from 4.18 on). */
+int xc_domain_getinfo_single(xc_interface *xch, uint32_t domid, xc_domaininfo_t *info);
+int xc_domain_getinfo_single(xc_interface *xch, uint32_t domid, xc_domaininfo_t *info)
+{
+    (void)xch;
+    return sim_getinfo_single(sim_state_dir(), domid, info);
 }
 
 /* ---- event channels: one FIFO of 4-byte ports into xenstored, datagrams out to guests ---- */
