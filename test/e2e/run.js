@@ -1,26 +1,40 @@
-// Entry point of `npm run test:e2e`: fetches the Debian Xen host (cached), builds the boot
-// images (cached), boots Xen 4.17 + dom0 in QEMU with the repository shared over 9p, lets dom0
-// run test/e2e/dom0/run-checks.sh, then reads the verdict from the serial console markers.
-// Exit status 0 only when every planned check passed or skipped with a reason. See docs/e2e.md.
+// Entry point of `npm run test:e2e`: for each e2e host (Debian 12 + Xen 4.17, Debian 13 + Xen
+// 4.20: each from its own release's packages, cached), builds the boot images (cached), boots Xen +
+// dom0 in QEMU with the repository shared over 9p, lets dom0 run test/e2e/dom0/run-checks.sh, and
+// reads the verdict from the serial console markers. Ends with one line per host. Exit status 0
+// only when every planned check of every host passed or skipped with a reason. See docs/e2e.md.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fetchPackages } from './lib/packages.js';
+import { HOSTS, fetchPackages } from './lib/packages.js';
 import { buildImages } from './lib/initramfs.js';
+import { dom0Node } from './lib/node.js';
 import { bootXen } from './lib/qemu.js';
-import { parseSerial, judge, table, excerpts, resultTails } from './lib/report.js';
+import { parseSerial, judge, table, excerpts, resultTails, hostLine } from './lib/report.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, '../..');
 const CACHE = path.join(HERE, 'cache');
+const ALL_HOSTS = Object.keys(HOSTS);
 
 function usage() {
-  return `usage: node test/e2e/run.js [--only=check,check] [--timeout=seconds] [--verbose]
-  --only     run only these dom0 checks (names from test/e2e/dom0/run-checks.sh)
-  --timeout  bound on the whole QEMU run (default 720 s = 12 min)
-  --verbose  echo the serial console while it runs (also E2E_VERBOSE=1)
-  --strict   a missing dist/ build fails the xenstore checks instead of skipping them (on when CI=true)`;
+  return `usage: node test/e2e/run.js [--hosts=debian12,debian13] [--parallel] [--only=check,check] [--timeout=seconds] [--verbose]
+  --hosts     which hosts to boot (also E2E_HOSTS; default all: ${ALL_HOSTS.join(',')})
+  --parallel  boot the hosts at the same time instead of one after the other (also E2E_PARALLEL=1)
+  --only      run only these dom0 checks (names from test/e2e/dom0/run-checks.sh)
+  --timeout   bound on each host's QEMU run (default 720 s = 12 min)
+  --verbose   echo the serial console while it runs (also E2E_VERBOSE=1)
+  --strict    a missing dist/ build fails the xenstore checks instead of skipping them (on when CI=true)`;
+}
+
+function parseHosts(text) {
+  const names = text.split(/[\s,]+/).filter(Boolean);
+  const unknown = names.filter((n) => !(n in HOSTS));
+  if (unknown.length > 0)
+    throw new Error(`unknown e2e host(s): ${unknown.join(', ')} (known: ${ALL_HOSTS.join(', ')})`);
+  if (names.length === 0) throw new Error('no e2e host selected');
+  return [...new Set(names)];
 }
 
 function parseArgs(argv) {
@@ -30,10 +44,14 @@ function parseArgs(argv) {
     verbose: process.env.E2E_VERBOSE === '1',
     // In CI a check of the compiled project must not skip because dist/ was not built.
     strict: process.env.CI === 'true',
+    hosts: process.env.E2E_HOSTS ?? ALL_HOSTS.join(','),
+    parallel: process.env.E2E_PARALLEL === '1',
   };
   for (const a of argv) {
     if (a.startsWith('--only=')) opts.only = a.slice(7).split(',').join(' ');
     else if (a.startsWith('--timeout=')) opts.timeout = Number(a.slice(10));
+    else if (a.startsWith('--hosts=')) opts.hosts = a.slice(8);
+    else if (a === '--parallel') opts.parallel = true;
     else if (a === '--verbose' || a === '-v') opts.verbose = true;
     else if (a === '--strict') opts.strict = true;
     else {
@@ -43,6 +61,7 @@ function parseArgs(argv) {
   }
   if (!Number.isFinite(opts.timeout) || opts.timeout <= 0)
     throw new Error('--timeout must be a positive number');
+  opts.hosts = parseHosts(opts.hosts);
   return opts;
 }
 
@@ -56,6 +75,102 @@ function need(cmd, pkg) {
 
 const log = (msg) => console.log(`e2e: ${msg}`);
 
+/** Packages and images of one host (synchronous, cached); returns what booting needs. */
+function prepareHost(name, opts, hostNode) {
+  const host = HOSTS[name];
+  const hlog = (msg) => log(`${name}: ${msg}`);
+  const timings = [];
+  const timed = (what, fn) => {
+    const t0 = Date.now();
+    const r = fn();
+    timings.push([what, (Date.now() - t0) / 1000]);
+    return r;
+  };
+  const cache = path.join(CACHE, name);
+  const pkgs = timed('download + unpack packages', () => fetchPackages(cache, host, hlog));
+  const node = timed('node for dom0', () => dom0Node(CACHE, hostNode, hlog));
+  const images = timed('build images', () => buildImages(cache, host, pkgs, node, hlog));
+
+  const resultsRoot = path.join(CACHE, 'results');
+  fs.mkdirSync(resultsRoot, { recursive: true });
+  // Keep the last few runs' logs only.
+  const old = fs.readdirSync(resultsRoot).sort();
+  for (const d of old.slice(0, Math.max(0, old.length - 9)))
+    fs.rmSync(path.join(resultsRoot, d), { recursive: true, force: true });
+  const resultsDir = fs.mkdtempSync(
+    path.join(resultsRoot, `${new Date().toISOString().replace(/[:.]/g, '-')}-${name}-`),
+  );
+  const fromDom0 = (p) => path.posix.join('/mnt/host', path.relative(REPO, p));
+  fs.writeFileSync(
+    path.join(resultsDir, 'env.sh'),
+    [
+      `E2E_HOST='${name}'`,
+      `E2E_IMAGES='${fromDom0(images.dir)}'`,
+      `E2E_NODE='${fromDom0(path.join(images.dir, 'node'))}'`,
+      `E2E_ONLY='${opts.only.replace(/[^A-Za-z0-9_ -]/g, '')}'`,
+      `E2E_STRICT='${opts.strict ? 1 : 0}'`,
+      // The agent check's scenarios (dom0/agent-check.sh), from the host's env.
+      `E2E_AGENT_SCENARIOS='${(process.env.E2E_AGENT_SCENARIOS ?? '').replace(/[^a-z ]/g, '')}'`,
+      'export E2E_HOST E2E_IMAGES E2E_NODE E2E_ONLY E2E_STRICT E2E_AGENT_SCENARIOS',
+      '',
+    ].join('\n'),
+  );
+  return { name, host, images, resultsDir, timings };
+}
+
+/** Boots one prepared host and judges its console; prints its report; returns its closing line. */
+async function bootHost(p, opts) {
+  const { name, host, images, resultsDir, timings } = p;
+  const serialLog = path.join(resultsDir, 'serial.log');
+  log(
+    `${name}: booting Xen ${host.xen} (${host.label}) in QEMU (timeout ${opts.timeout} s); serial log: ${path.relative(process.cwd(), serialLog)}`,
+  );
+  const t0 = Date.now();
+  const qemu = await bootXen({
+    images: images.dir,
+    shareDir: REPO,
+    resultsDir,
+    serialLog,
+    timeoutMs: opts.timeout * 1000,
+    onLine: (t, text) => {
+      if (opts.verbose) console.log(`[${name} ${t.toFixed(1).padStart(6)}] ${text}`);
+      else if (/^E2E-(STAGE|XEN|RESULT|DONE)/.test(text))
+        console.log(`  ${name} ${t.toFixed(1).padStart(6)}s ${text}`);
+    },
+  });
+  timings.push(['QEMU run (boot + checks)', (Date.now() - t0) / 1000]);
+
+  const parsed = parseSerial(qemu.lines);
+  const problems = judge(parsed, qemu, host.xen);
+  const out = [''];
+  out.push(`===== ${name}: ${host.label}, Xen ${host.xen} =====`);
+  out.push('host stages:');
+  for (const [what, s] of timings) out.push(`  ${what.padEnd(28)} ${s.toFixed(1)}s`);
+  const firstCheck = [...parsed.checks.values()][0];
+  if (firstCheck) out.push(`  ${'QEMU start -> first check'.padEnd(28)} ${firstCheck.begin.toFixed(1)}s`);
+  out.push('', table(parsed), '');
+  if (problems.length > 0) {
+    out.push(`e2e: ${name} FAILED:`);
+    for (const pr of problems) out.push(`  - ${pr}`);
+    out.push('', excerpts(qemu.lines, parsed));
+    const tails = resultTails(resultsDir, parsed);
+    if (tails) out.push('', tails);
+    out.push(
+      '',
+      `e2e: ${name}: full serial log: ${serialLog}; dom0 dmesg and guest consoles under ${resultsDir}`,
+    );
+  } else {
+    out.push(`e2e: ${name}: logs in ${path.relative(process.cwd(), resultsDir)}`);
+  }
+  console.log(out.join('\n'));
+  const seconds = timings.reduce((a, [, s]) => a + s, 0);
+  return {
+    line: hostLine(name, parsed.xen ?? host.xen, parsed, problems),
+    ok: problems.length === 0,
+    seconds,
+  };
+}
+
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   for (const [cmd, pkg] of [
@@ -63,95 +178,32 @@ async function main() {
     ['cpio', 'cpio'],
     ['apt-get', 'apt'],
     ['dpkg', 'dpkg'],
-    ['ldd', 'libc-bin'],
+    ['readelf', 'binutils'],
+    ['xz', 'xz-utils'],
     ['gzip', 'gzip'],
   ]) {
     need(cmd, pkg);
   }
-  const timings = [];
-  const timed = async (name, fn) => {
-    const t0 = Date.now();
-    const r = await fn();
-    timings.push([name, (Date.now() - t0) / 1000]);
-    return r;
-  };
-
-  const pkgs = await timed('download + unpack packages', () => fetchPackages(CACHE, log));
-  const nodeBinary = fs.realpathSync(process.execPath);
-  const images = await timed('build images', () => buildImages(CACHE, pkgs, nodeBinary, log));
-
   if (!fs.existsSync(path.join(REPO, 'dist/src'))) {
     log(
       `WARNING: dist/src is missing: checks of the compiled project will ${opts.strict ? 'FAIL' : 'skip'} (run \`npm run build\` first)`,
     );
   }
-  const resultsRoot = path.join(CACHE, 'results');
-  fs.mkdirSync(resultsRoot, { recursive: true });
-  // Keep the last few runs' logs only.
-  const old = fs.readdirSync(resultsRoot).sort();
-  for (const d of old.slice(0, Math.max(0, old.length - 5)))
-    fs.rmSync(path.join(resultsRoot, d), { recursive: true, force: true });
-  const resultsDir = fs.mkdtempSync(
-    path.join(resultsRoot, `${new Date().toISOString().replace(/[:.]/g, '-')}-`),
-  );
-  const fromDom0 = (p) => path.posix.join('/mnt/host', path.relative(REPO, p));
-  fs.writeFileSync(
-    path.join(resultsDir, 'env.sh'),
-    [
-      `E2E_IMAGES='${fromDom0(images.dir)}'`,
-      `E2E_NODE='${fromDom0(path.join(images.dir, 'node'))}'`,
-      `E2E_ONLY='${opts.only.replace(/[^A-Za-z0-9_ -]/g, '')}'`,
-      `E2E_STRICT='${opts.strict ? 1 : 0}'`,
-      // The agent check's scenarios (dom0/agent-check.sh; default "a b c"), from the host's env.
-      `E2E_AGENT_SCENARIOS='${(process.env.E2E_AGENT_SCENARIOS ?? '').replace(/[^a-z ]/g, '')}'`,
-      'export E2E_IMAGES E2E_NODE E2E_ONLY E2E_STRICT E2E_AGENT_SCENARIOS',
-      '',
-    ].join('\n'),
-  );
-  const serialLog = path.join(resultsDir, 'serial.log');
-  log(
-    `booting Xen in QEMU (timeout ${opts.timeout} s); serial log: ${path.relative(process.cwd(), serialLog)}`,
-  );
-
-  const qemu = await timed('QEMU run (boot + checks)', () =>
-    bootXen({
-      images: images.dir,
-      shareDir: REPO,
-      resultsDir,
-      serialLog,
-      timeoutMs: opts.timeout * 1000,
-      onLine: (t, text) => {
-        if (opts.verbose) console.log(`[${t.toFixed(1).padStart(6)}] ${text}`);
-        else if (/^E2E-(STAGE|RESULT|DONE)/.test(text)) console.log(`  ${t.toFixed(1).padStart(6)}s ${text}`);
-      },
-    }),
-  );
-
-  const parsed = parseSerial(qemu.lines);
-  const problems = judge(parsed, qemu);
-  console.log('');
-  console.log('host stages:');
-  for (const [name, s] of timings) console.log(`  ${name.padEnd(28)} ${s.toFixed(1)}s`);
-  const firstCheck = [...parsed.checks.values()][0];
-  if (firstCheck) console.log(`  ${'QEMU start -> first check'.padEnd(28)} ${firstCheck.begin.toFixed(1)}s`);
-  console.log('');
-  console.log(table(parsed));
-  console.log('');
-  if (problems.length === 0) {
-    log(
-      `PASS (${((Date.now() - START) / 1000).toFixed(0)} s in all); logs in ${path.relative(process.cwd(), resultsDir)}`,
-    );
-    return 0;
+  const hostNode = fs.realpathSync(process.execPath);
+  log(`hosts: ${opts.hosts.join(', ')} (${opts.parallel ? 'at the same time' : 'one after the other'})`);
+  const results = [];
+  if (opts.parallel) {
+    const prepared = opts.hosts.map((n) => prepareHost(n, opts, hostNode));
+    results.push(...(await Promise.all(prepared.map((p) => bootHost(p, opts)))));
+  } else {
+    for (const n of opts.hosts) results.push(await bootHost(prepareHost(n, opts, hostNode), opts));
   }
-  console.log('e2e: FAILED:');
-  for (const p of problems) console.log(`  - ${p}`);
   console.log('');
-  console.log(excerpts(qemu.lines, parsed));
-  const tails = resultTails(resultsDir, parsed);
-  if (tails) console.log(`\n${tails}`);
-  console.log('');
-  log(`full serial log: ${serialLog}; dom0 dmesg and guest consoles under ${resultsDir}`);
-  return 1;
+  for (const r of results) console.log(`${r.line} [${r.seconds.toFixed(0)} s]`);
+  log(
+    `${results.every((r) => r.ok) ? 'PASS' : 'FAIL'} (${((Date.now() - START) / 1000).toFixed(0)} s in all)`,
+  );
+  return results.every((r) => r.ok) ? 0 : 1;
 }
 
 const START = Date.now();

@@ -2,7 +2,9 @@
 # dom0's /init in the e2e initramfs: brings up a minimal Xen control domain (mounts, modules,
 # xenfs, xenstored, xen-init-dom0, xenconsoled), mounts the host shares, runs the check runner
 # from the share and powers off. Everything it says for the host starts with "E2E-".
-export PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# The image holds one Xen release's tools: /usr/lib/xen-4.17 (Debian 12) or /usr/lib/xen-4.20 (13).
+for d in /usr/lib/xen-4.*/bin; do XEN_BIN=$d; done
+export PATH=$XEN_BIN:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 cd /
 
@@ -41,6 +43,8 @@ stage modules-loaded
 
 mount -t xenfs xenfs /proc/xen || die "mount xenfs failed"
 [ -e /proc/xen/privcmd ] || die "no /proc/xen/privcmd: not running as a Xen dom0"
+# The running hypervisor's version, as the agent reads it to pick its libraries.
+echo "E2E-XEN $(cat /sys/hypervisor/version/major 2>/dev/null).$(cat /sys/hypervisor/version/minor 2>/dev/null) tools=$XEN_BIN"
 
 xenstored --pid-file=/run/xenstored.pid || die "xenstored did not start"
 i=0

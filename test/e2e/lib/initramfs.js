@@ -1,6 +1,7 @@
-// Builds the boot images of the e2e host from the unpacked Debian packages: the Xen binary, the
-// dom0 kernel, a dom0 initramfs (busybox, Xen userspace, bash, the libraries an ldd walk finds,
-// the kernel modules dom0 needs with their dependencies) and a tiny PVH guest initramfs.
+// Builds the boot images of one e2e host from its release's unpacked Debian packages: the Xen
+// binary, the dom0 kernel, a dom0 initramfs (busybox, Xen userspace, bash and friends, every
+// library their ELF NEEDED entries name, resolved in THAT release's packages, never the
+// machine's, the kernel modules dom0 needs with their dependencies) and a tiny PVH guest initramfs.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -9,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const E2E = path.dirname(HERE);
+const REPO = path.resolve(E2E, '../..');
 
 /** Modules dom0 loads (in this order, after their dependencies). */
 export const DOM0_MODULES = [
@@ -28,9 +30,14 @@ export const DOM0_MODULES = [
 /** Modules the guest loads so that its disk and network frontends connect. */
 export const GUEST_MODULES = ['xen-blkfront', 'xen-netfront'];
 
-/** Host programs copied into dom0: the hotplug scripts are bash and want util-linux flock and
- * losetup (busybox has no flock; its losetup -a prints another format) and coreutils stat. */
-const HOST_PROGRAMS = ['/bin/bash', '/usr/bin/flock', '/usr/sbin/losetup', '/usr/bin/stat', '/usr/bin/rsync'];
+/** Programs from the release's packages copied into dom0: the hotplug scripts are bash and want
+ * util-linux flock and losetup (busybox has no flock; its losetup -a prints another format) and
+ * coreutils stat; the agent's disk copy runs rsync. */
+const PROGRAMS = ['bash', 'flock', 'losetup', 'stat', 'rsync'];
+/** Where the packages put programs (Debian 12 still has /bin and /sbin, 13 is merged into /usr). */
+const PROGRAM_DIRS = ['usr/bin', 'bin', 'usr/sbin', 'sbin'];
+/** Library folders searched in the unpacked packages, as the dynamic loader's defaults on Debian. */
+const LIB_DIRS = ['usr/lib/x86_64-linux-gnu', 'lib/x86_64-linux-gnu', 'usr/lib64', 'lib64', 'usr/lib', 'lib'];
 
 export class ImageError extends Error {
   name = 'ImageError';
@@ -71,50 +78,131 @@ function copyReal(src, dst) {
 }
 
 /**
- * ldd walk: every shared library the given ELF files need, resolved first against the staged
- * tree's own library folder (the Debian Xen libraries), then the host's (Debian 12 too).
- * Libraries outside the stage are copied in at the path ldd reports.
+ * A path inside root, with symlinks resolved inside root too (absolute targets are root-relative).
+ * The unpacked packages have no usrmerge links: /lib64/x is also looked for as /usr/lib64/x.
  */
-function copyLibraries(stage, elves) {
-  const libDir = path.join(stage, 'usr/lib/x86_64-linux-gnu');
-  const needed = new Set();
-  for (const elf of elves) {
-    let out;
+function realInRoot(root, rel, depth = 0) {
+  rel = rel.replace(/^\/+/, '');
+  const merged = /^(lib|lib64|bin|sbin)\//.test(rel)
+    ? `usr/${rel}`
+    : rel.replace(/^usr\/(lib|lib64|bin|sbin)\//, '$1/');
+  let p;
+  let st;
+  for (const cand of [rel, merged]) {
     try {
-      out = execFileSync('ldd', [elf], {
-        encoding: 'utf8',
-        env: { ...process.env, LD_LIBRARY_PATH: libDir },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
+      st = fs.lstatSync(path.join(root, cand));
+      p = path.join(root, cand);
+      rel = cand;
+      break;
     } catch {
-      continue; // static binary ("not a dynamic executable")
-    }
-    for (const line of out.split('\n')) {
-      if (/not found/.test(line)) throw new ImageError(`ldd ${elf}: ${line.trim()}`);
-      const m = /(?:=>\s*)?(\/[^\s]+)\s+\(0x/.exec(line);
-      if (m && !m[1].startsWith(stage)) needed.add(m[1]);
+      // try the other spelling
     }
   }
-  for (const lib of needed) {
-    // usrmerge on the host: /lib/... is /usr/lib/...; the stage uses the same symlinks.
-    const rel = lib.replace(/^\/(lib|lib64)\//, 'usr/$1/').replace(/^\//, '');
-    const dst = path.join(stage, rel);
-    if (!fs.existsSync(dst)) copyReal(lib, dst);
-  }
-  return needed.size;
+  if (p === undefined) return undefined;
+  if (!st.isSymbolicLink()) return p;
+  if (depth > 16) throw new ImageError(`symlink loop at ${p}`);
+  const target = fs.readlinkSync(p);
+  const next = target.startsWith('/') ? target.slice(1) : path.join(path.dirname(rel), target);
+  return realInRoot(root, next, depth + 1);
 }
 
-/** All .ko files of the kernel, by normalised module name (dashes as underscores). */
+/** NEEDED sonames, RUNPATH/RPATH entries and the interpreter of an ELF file (readelf, binutils). */
+export function elfDeps(file) {
+  let out;
+  try {
+    out = execFileSync('readelf', ['-d', '-l', '-W', file], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+  } catch (err) {
+    throw new ImageError(`readelf ${file}: ${(err.stderr || err.message).trim()}`);
+  }
+  const needed = [...out.matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)].map((m) => m[1]);
+  const runpath = [
+    ...out.matchAll(/\((?:RUNPATH|RPATH)\)\s+Library (?:runpath|rpath): \[([^\]]+)\]/g),
+  ].flatMap((m) => m[1].split(':'));
+  const interp = /Requesting program interpreter: ([^\]]+)\]/.exec(out)?.[1];
+  return { needed, runpath, interp };
+}
+
+/**
+ * Copies into the stage every shared library the given ELF files need (transitively), each
+ * resolved in the unpacked release root (RUNPATH first, then the loader's default folders), at
+ * usr/lib/x86_64-linux-gnu/<soname>; plus the dynamic loader. A soname the release's packages
+ * lack is an ImageError naming it and who needs it. `elves`: [{ file, origin }] where origin is
+ * the file's folder relative to the root ($ORIGIN).
+ */
+export function copyLibrariesFrom(root, stage, elves) {
+  const libDir = path.join(stage, 'usr/lib/x86_64-linux-gnu');
+  const done = new Set();
+  const queue = [...elves];
+  let copied = 0;
+  while (queue.length > 0) {
+    const { file, origin } = queue.shift();
+    const { needed, runpath, interp } = elfDeps(file);
+    if (interp && !done.has(interp)) {
+      done.add(interp);
+      const src = realInRoot(root, interp.replace(/^\//, ''));
+      if (!src) throw new ImageError(`${file}: interpreter ${interp} not in the packages`);
+      copyReal(src, path.join(stage, interp.replace(/^\/(lib|lib64)\//, 'usr/$1/').replace(/^\//, '')));
+      copied++;
+    }
+    const dirs = [
+      ...runpath.map((r) => r.replace(/\$ORIGIN|\$\{ORIGIN\}/g, `/${origin}`).replace(/^\//, '')),
+      ...LIB_DIRS,
+    ];
+    for (const soname of needed) {
+      if (done.has(soname)) continue;
+      done.add(soname);
+      let src;
+      let found;
+      for (const d of dirs) {
+        src = realInRoot(root, path.join(d, soname));
+        if (src) {
+          found = d;
+          break;
+        }
+      }
+      if (!src)
+        throw new ImageError(
+          `${soname} (needed by ${path.basename(file)}) is in none of the release's packages`,
+        );
+      // A library in a private folder (RUNPATH) keeps its place; the others join the multiarch folder.
+      const dst = LIB_DIRS.includes(found) ? path.join(libDir, soname) : path.join(stage, found, soname);
+      if (!fs.existsSync(dst)) {
+        copyReal(src, dst);
+        copied++;
+      }
+      queue.push({ file: src, origin: found });
+    }
+  }
+  return copied;
+}
+
+/** Where a program of the release's packages is, relative to root (undefined: not there). */
+function findProgram(root, name) {
+  return PROGRAM_DIRS.map((d) => path.join(d, name)).find((rel) => realInRoot(root, rel) !== undefined);
+}
+
+const MODULE_RE = /\.ko(\.xz)?$/;
+
+/** All .ko / .ko.xz files of the kernel (Debian 13 compresses them), by normalised module name. */
 function moduleIndex(modRoot) {
   const index = new Map();
   for (const f of walkFiles(path.join(modRoot, 'kernel'))) {
-    if (f.endsWith('.ko')) index.set(path.basename(f, '.ko').replace(/-/g, '_'), f);
+    if (MODULE_RE.test(f)) index.set(path.basename(f).replace(MODULE_RE, '').replace(/-/g, '_'), f);
   }
   return index;
 }
 
+/** A module's bytes, uncompressed (busybox insmod takes plain .ko files). */
+function moduleBytes(file) {
+  if (!file.endsWith('.xz')) return fs.readFileSync(file);
+  return execFileSync('xz', ['-dc', file], { maxBuffer: 64 * 1048576 });
+}
+
 function moduleDepends(file) {
-  const buf = fs.readFileSync(file);
+  const buf = moduleBytes(file);
   const at = buf.indexOf('\0depends=');
   if (at < 0) return [];
   const start = at + '\0depends='.length;
@@ -151,9 +239,18 @@ export function resolveModules(modRoot, wanted) {
 }
 
 function stageModules(root, kver, stage, wanted) {
-  const modRoot = path.join(root, 'lib/modules', kver);
-  const order = resolveModules(modRoot, wanted);
-  for (const rel of order) copyReal(path.join(modRoot, rel), path.join(stage, 'usr/lib/modules', kver, rel));
+  // Debian 12 ships /lib/modules, 13 /usr/lib/modules.
+  const modRoot = [path.join(root, 'usr/lib/modules', kver), path.join(root, 'lib/modules', kver)].find((d) =>
+    fs.existsSync(d),
+  );
+  if (!modRoot) throw new ImageError(`no modules of kernel ${kver} in the packages`);
+  const order = resolveModules(modRoot, wanted).map((rel) => {
+    const plain = rel.replace(/\.xz$/, '');
+    const dst = path.join(stage, 'usr/lib/modules', kver, plain);
+    fs.mkdirSync(path.dirname(dst), { recursive: true });
+    fs.writeFileSync(dst, moduleBytes(path.join(modRoot, rel)));
+    return plain;
+  });
   fs.mkdirSync(path.join(stage, 'etc/e2e'), { recursive: true });
   fs.writeFileSync(
     path.join(stage, 'etc/e2e/modules'),
@@ -189,7 +286,8 @@ function stageBase(root, stage) {
   ]) {
     fs.symlinkSync(t, path.join(stage, l));
   }
-  const busybox = path.join(root, 'bin/busybox');
+  const busybox = realInRoot(root, findProgram(root, 'busybox') ?? 'bin/busybox');
+  if (!busybox) throw new ImageError('busybox not in the packages');
   copyReal(busybox, path.join(stage, 'usr/bin/busybox'));
   const applets = execFileSync(busybox, ['--list-full'], { encoding: 'utf8' }).split('\n').filter(Boolean);
   for (const a of applets) {
@@ -214,29 +312,44 @@ function packCpio(stage, out) {
   );
 }
 
-function buildDom0(root, kver, stage, out, nodeBinary) {
+function buildDom0(root, xen, kver, stage, out, nodeBinary) {
   stageBase(root, stage);
+  const xenDir = `usr/lib/xen-${xen}`;
   // The Xen userspace, as packaged; Debian's /usr/sbin wrappers are replaced by direct links.
-  copyTree(path.join(root, 'usr/lib/xen-4.17'), path.join(stage, 'usr/lib/xen-4.17'));
-  copyTree(path.join(root, 'usr/lib/x86_64-linux-gnu'), path.join(stage, 'usr/lib/x86_64-linux-gnu'));
+  copyTree(path.join(root, xenDir), path.join(stage, xenDir));
   copyTree(path.join(root, 'etc/xen'), path.join(stage, 'etc/xen'));
   for (const f of fs.readdirSync(path.join(root, 'usr/bin'))) {
     if (f.startsWith('xenstore')) copyTree(path.join(root, 'usr/bin', f), path.join(stage, 'usr/bin', f));
   }
-  const xenBin = path.join(stage, 'usr/lib/xen-4.17/bin');
+  // Every Xen library, also those nothing NEEDs but the agent dlopens (libxenctrl, libxenguest).
+  const xenLibs = path.join(root, 'usr/lib/x86_64-linux-gnu');
+  for (const f of fs.readdirSync(xenLibs)) {
+    if (/^lib(xen|xl)/.test(f))
+      copyTree(path.join(xenLibs, f), path.join(stage, 'usr/lib/x86_64-linux-gnu', f));
+  }
+  const xenBin = path.join(stage, xenDir, 'bin');
   for (const f of fs.readdirSync(xenBin)) {
     const dst = path.join(stage, 'usr/sbin', f);
     if (fs.existsSync(dst)) fs.rmSync(dst);
-    fs.symlinkSync(`/usr/lib/xen-4.17/bin/${f}`, dst);
+    fs.symlinkSync(`/${xenDir}/bin/${f}`, dst);
   }
-  for (const p of HOST_PROGRAMS) {
-    const dst = path.join(stage, 'usr', p.replace(/^\/usr/, ''));
-    if (fs.existsSync(dst)) fs.rmSync(dst);
-    copyReal(p, dst);
+  for (const name of PROGRAMS) {
+    const rel = findProgram(root, name);
+    if (!rel) throw new ImageError(`${name} not in the packages`);
+    const dst = path.join(stage, 'usr', rel.replace(/^usr\//, ''));
+    if (fs.existsSync(dst) || fs.lstatSync(path.dirname(dst)).isSymbolicLink())
+      fs.rmSync(dst, { force: true });
+    copyReal(realInRoot(root, rel), dst);
   }
-  const elves = walkFiles(stage).filter((f) => isElf(f) && !f.endsWith('.ko'));
-  // node itself comes through the 9p share; its libraries must be in the initramfs.
-  const libs = copyLibraries(stage, [...elves, nodeBinary]);
+  // Every ELF staged so far, and node (it comes through the share; its libraries must be here).
+  const elves = walkFiles(stage)
+    .filter((f) => isElf(f) && !f.endsWith('.ko'))
+    .map((f) => ({ file: f, origin: path.dirname(path.relative(stage, f)) }));
+  elves.push({ file: nodeBinary, origin: 'usr/bin' });
+  // koffi's native addon, loaded by node from the share's node_modules.
+  const addon = path.join(REPO, 'node_modules/@koromix/koffi-linux-x64/linux_x64/koffi.node');
+  if (fs.existsSync(addon)) elves.push({ file: addon, origin: 'usr/lib' });
+  const libs = copyLibrariesFrom(root, stage, elves);
   const mods = stageModules(root, kver, stage, DOM0_MODULES);
   copyReal(path.join(E2E, 'dom0/init.sh'), path.join(stage, 'init'));
   fs.chmodSync(path.join(stage, 'init'), 0o755);
@@ -252,20 +365,18 @@ function buildGuest(root, kver, stage, out) {
   packCpio(stage, out);
 }
 
-/** Hash of everything an image depends on: package versions, builder sources, node, bash. */
+/** Hash of everything an image depends on: package versions, builder sources, node. */
 function imageKey(pkgKey, nodeBinary) {
   const h = createHash('sha256').update(pkgKey);
   for (const f of ['lib/initramfs.js', 'dom0/init.sh', 'guest/init.sh'])
     h.update(fs.readFileSync(path.join(E2E, f)));
-  for (const p of [nodeBinary, ...HOST_PROGRAMS]) {
-    const st = fs.statSync(p);
-    h.update(`${fs.realpathSync(p)}:${st.size}:${st.mtimeMs}`);
-  }
+  const st = fs.statSync(nodeBinary);
+  h.update(`${fs.realpathSync(nodeBinary)}:${st.size}:${st.mtimeMs}`);
   return h.digest('hex').slice(0, 16);
 }
 
-/** Builds (or reuses) the images; returns their folder and what went in. */
-export function buildImages(cacheDir, pkgs, nodeBinary, log) {
+/** Builds (or reuses) one host's images under cacheDir/images; returns their folder and what went in. */
+export function buildImages(cacheDir, host, pkgs, nodeBinary, log) {
   const key = imageKey(pkgs.key, nodeBinary);
   const dir = path.join(cacheDir, 'images', key);
   const kver = pkgs.kernel.replace(/^linux-image-/, '');
@@ -275,11 +386,18 @@ export function buildImages(cacheDir, pkgs, nodeBinary, log) {
   }
   fs.rmSync(path.join(cacheDir, 'images'), { recursive: true, force: true });
   fs.mkdirSync(dir, { recursive: true });
-  sh(`gunzip -c "${path.join(pkgs.root, 'boot/xen-4.17-amd64.gz')}" > "${path.join(dir, 'xen')}"`);
+  sh(`gunzip -c "${path.join(pkgs.root, `boot/xen-${host.xen}-amd64.gz`)}" > "${path.join(dir, 'xen')}"`);
   fs.copyFileSync(path.join(pkgs.root, `boot/vmlinuz-${kver}`), path.join(dir, 'vmlinuz'));
   const stage = path.join(cacheDir, 'stage');
   fs.rmSync(stage, { recursive: true, force: true });
-  const d = buildDom0(pkgs.root, kver, path.join(stage, 'dom0'), path.join(dir, 'dom0.cpio.gz'), nodeBinary);
+  const d = buildDom0(
+    pkgs.root,
+    host.xen,
+    kver,
+    path.join(stage, 'dom0'),
+    path.join(dir, 'dom0.cpio.gz'),
+    nodeBinary,
+  );
   buildGuest(pkgs.root, kver, path.join(stage, 'guest'), path.join(dir, 'guest.cpio.gz'));
   fs.rmSync(stage, { recursive: true, force: true });
   // node travels through the share (95 MB would slow the initramfs down); keep a copy next to
@@ -289,7 +407,7 @@ export function buildImages(cacheDir, pkgs, nodeBinary, log) {
   fs.writeFileSync(path.join(dir, '.complete'), `${kver}\n`);
   const size = (f) => `${(fs.statSync(path.join(dir, f)).size / 1048576).toFixed(1)} MB`;
   log(
-    `built images ${key}: dom0 ${size('dom0.cpio.gz')} (${d.libs} host libs, ${d.mods} modules), guest ${size('guest.cpio.gz')}`,
+    `built images ${key}: dom0 ${size('dom0.cpio.gz')} (${d.libs} libraries, ${d.mods} modules), guest ${size('guest.cpio.gz')}`,
   );
   return { dir, key, kver, cached: false };
 }

@@ -11,6 +11,7 @@ export function parseSerial(lines) {
   const checks = new Map();
   let plan;
   let done;
+  let xen;
   lines.forEach(({ t, text }, i) => {
     // Markers may follow other output on the same console line; find them anywhere.
     const at = text.indexOf('E2E-');
@@ -19,6 +20,7 @@ export function parseSerial(lines) {
     let r;
     if ((r = /^E2E-STAGE (\S+)/.exec(m))) stages.push({ name: r[1], t });
     else if ((r = /^E2E-PLAN (.*)$/.exec(m))) plan = r[1].trim().split(/\s+/);
+    else if ((r = /^E2E-XEN (\S+)/.exec(m))) xen = r[1];
     else if ((r = /^E2E-BEGIN (\S+)/.exec(m))) checks.set(r[1], { name: r[1], begin: t, beginLine: i });
     else if ((r = /^E2E-RESULT (\S+) (PASS|FAIL|SKIP) ?(.*)$/.exec(m))) {
       const c = checks.get(r[1]) ?? { name: r[1], begin: t, beginLine: i };
@@ -30,12 +32,17 @@ export function parseSerial(lines) {
   lines.forEach(({ text }, i) => {
     if (PANIC_RE.test(text)) panics.push(i);
   });
-  return { stages, checks, plan, done, panics };
+  return { stages, checks, plan, done, panics, xen };
 }
 
-/** The verdict: failures are missing markers, missing planned checks, FAILs, panics. */
-export function judge(parsed, qemu) {
+/**
+ * The verdict: failures are missing markers, missing planned checks, FAILs, panics, and a
+ * hypervisor of another version than the host's release ships (expectXen, e.g. "4.20").
+ */
+export function judge(parsed, qemu, expectXen) {
   const problems = [];
+  if (expectXen !== undefined && parsed.plan && parsed.xen !== expectXen)
+    problems.push(`dom0 reports Xen ${parsed.xen ?? '(nothing)'}, expected ${expectXen}`);
   if (!parsed.plan) problems.push('dom0 never printed E2E-PLAN (boot or share failed)');
   for (const name of parsed.plan ?? []) {
     const c = parsed.checks.get(name);
@@ -141,4 +148,18 @@ export function resultTails(resultsDir, parsed) {
   const consoles = path.join(resultsDir, 'xen-logs/console');
   if (fs.existsSync(consoles)) for (const f of fs.readdirSync(consoles)) tail(path.join(consoles, f), 15);
   return out.join('\n');
+}
+
+/**
+ * The one closing line of a host: "e2e: <host> Xen <major.minor>: PASS (<n> checks)", or FAIL with
+ * the failed checks (or the first problem when no check failed, e.g. dom0 did not boot).
+ */
+export function hostLine(name, xen, parsed, problems) {
+  const planned = parsed.plan ?? [];
+  if (problems.length === 0) return `e2e: ${name} Xen ${xen}: PASS (${planned.length} checks)`;
+  const failed = planned.filter(
+    (c) => parsed.checks.get(c)?.verdict !== 'PASS' && parsed.checks.get(c)?.verdict !== 'SKIP',
+  );
+  const what = failed.length > 0 ? `failed checks: ${failed.join(', ')}` : problems[0];
+  return `e2e: ${name} Xen ${xen}: FAIL (${what})`;
 }
