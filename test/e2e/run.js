@@ -23,7 +23,7 @@ function usage() {
   --hosts     which hosts to boot (also E2E_HOSTS; default all: ${ALL_HOSTS.join(',')})
   --parallel  boot the hosts at the same time instead of one after the other (also E2E_PARALLEL=1)
   --only      run only these dom0 checks (names from test/e2e/dom0/run-checks.sh)
-  --timeout   bound on each host's QEMU run (default 720 s = 12 min)
+  --timeout   bound on each host's QEMU run (default 900 s = 15 min)
   --verbose   echo the serial console while it runs (also E2E_VERBOSE=1)
   --strict    a missing dist/ build fails the xenstore checks instead of skipping them (on when CI=true)`;
 }
@@ -40,7 +40,7 @@ function parseHosts(text) {
 function parseArgs(argv) {
   const opts = {
     only: process.env.E2E_ONLY ?? '',
-    timeout: 720,
+    timeout: 900,
     verbose: process.env.E2E_VERBOSE === '1',
     // In CI a check of the compiled project must not skip because dist/ was not built.
     strict: process.env.CI === 'true',

@@ -20,7 +20,7 @@ CHECKS="dom0-xenstore node-version xenstore-socket xenstore-xenbus guest-create 
 # Per-check timeouts (seconds) under emulation; generous, the whole run is bounded by the host.
 timeout_of() {
   case "$1" in
-    guest-create) echo 240 ;;
+    guest-create) echo 360 ;;
     guest-migrate | guest-save-restore) echo 240 ;;
     domain-control) echo 300 ;;
     agent) echo 600 ;;
