@@ -173,15 +173,18 @@ export function readHypervisorVersion(
   return parseHypervisorVersion(major, minor, read('version/extra'));
 }
 
+/** Where to read the hypervisor's version instead of /sys/hypervisor (tests, containers). */
+export const SYS_HYPERVISOR_ENV = 'DEVMIGRATE_SYS_HYPERVISOR';
+
 export interface HostSelectionOptions {
   libxenctrl?: string | undefined;
   libxenguest?: string | undefined;
-  /** Default /sys/hypervisor (tests point it elsewhere). */
+  /** Default $DEVMIGRATE_SYS_HYPERVISOR, else /sys/hypervisor. */
   sysHypervisor?: string;
 }
 
 function hostInput(opts: HostSelectionOptions): SelectionInput {
-  const hv = readHypervisorVersion(opts.sysHypervisor);
+  const hv = readHypervisorVersion(opts.sysHypervisor ?? (process.env[SYS_HYPERVISOR_ENV] || undefined));
   return {
     arch: process.arch,
     hypervisor: 'version' in hv ? hv.version : undefined,
