@@ -22,6 +22,7 @@ function usage() {
   return `usage: node test/e2e/run.js [--hosts=debian12,debian13] [--parallel] [--only=check,check] [--timeout=seconds] [--verbose]
   --hosts     which hosts to boot (also E2E_HOSTS; default all: ${ALL_HOSTS.join(',')})
   --parallel  boot the hosts at the same time instead of one after the other (also E2E_PARALLEL=1)
+  --prepare-only  fetch the packages and build the images of the hosts, boot nothing
   --only      run only these dom0 checks (names from test/e2e/dom0/run-checks.sh)
   --timeout   bound on each host's QEMU run (default 900 s = 15 min)
   --verbose   echo the serial console while it runs (also E2E_VERBOSE=1)
@@ -46,12 +47,14 @@ function parseArgs(argv) {
     strict: process.env.CI === 'true',
     hosts: process.env.E2E_HOSTS ?? ALL_HOSTS.join(','),
     parallel: process.env.E2E_PARALLEL === '1',
+    prepareOnly: false,
   };
   for (const a of argv) {
     if (a.startsWith('--only=')) opts.only = a.slice(7).split(',').join(' ');
     else if (a.startsWith('--timeout=')) opts.timeout = Number(a.slice(10));
     else if (a.startsWith('--hosts=')) opts.hosts = a.slice(8);
     else if (a === '--parallel') opts.parallel = true;
+    else if (a === '--prepare-only') opts.prepareOnly = true;
     else if (a === '--verbose' || a === '-v') opts.verbose = true;
     else if (a === '--strict') opts.strict = true;
     else {
@@ -192,6 +195,16 @@ async function main() {
   const hostNode = fs.realpathSync(process.execPath);
   log(`hosts: ${opts.hosts.join(', ')} (${opts.parallel ? 'at the same time' : 'one after the other'})`);
   const results = [];
+  if (opts.prepareOnly) {
+    for (const n of opts.hosts) {
+      const p = prepareHost(n, opts, hostNode);
+      fs.rmSync(p.resultsDir, { recursive: true, force: true });
+      log(
+        `${n}: prepared (${p.timings.map(([w, t]) => `${w} ${t.toFixed(1)}s`).join(', ')}): ${p.images.dir}`,
+      );
+    }
+    return 0;
+  }
   if (opts.parallel) {
     const prepared = opts.hosts.map((n) => prepareHost(n, opts, hostNode));
     results.push(...(await Promise.all(prepared.map((p) => bootHost(p, opts)))));

@@ -125,11 +125,12 @@ export class ReleaseApt {
     return run('apt-get', ['-q', ...this.opts, ...args], opts);
   }
 
+  /** Time since our last successful update (apt keeps the mirror's mtimes on the list files). */
   listsAgeMs() {
+    const stamp = path.join(this.dir, 'updated');
     const lists = path.join(this.dir, 'lists');
-    const pk = fs.readdirSync(lists).filter((f) => f.endsWith('_Packages'));
-    if (pk.length === 0) return Infinity;
-    return Date.now() - Math.min(...pk.map((f) => fs.statSync(path.join(lists, f)).mtimeMs));
+    if (!fs.existsSync(stamp) || !fs.readdirSync(lists).some((f) => f.endsWith('_Packages'))) return Infinity;
+    return Date.now() - fs.statSync(stamp).mtimeMs;
   }
 
   update(log) {
