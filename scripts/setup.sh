@@ -81,6 +81,7 @@ PKGS=(
   rsync openssh-client                   # the built-in disk copy method
   systemd                                # systemd-analyze verify of the unit
   qemu-system-x86 cpio busybox-static    # e2e: real Xen hosts in QEMU
+  binutils xz-utils                      # e2e: readelf (library walk), Debian 13's .ko.xz modules
   python3 ca-certificates                # scripts/fetch-registry-tarball.py (Node on Debian 12)
 )
 missing=()
