@@ -171,6 +171,8 @@ export async function startSimGuest(opts: SimGuestOptions): Promise<SimGuest> {
       if (mode !== 'crash') stats.suspends++;
       await suspendSelf(mode === 'crash' ? SHUTDOWN_CODE.crash : SHUTDOWN_CODE.suspend);
     };
+    /** control/shutdown as this guest last read it: one request is one change to "suspend". */
+    let lastSeen: string | undefined;
     const ack = async (): Promise<void> => {
       // Linux acks inside a transaction that re-reads the request (manage.c shutdown_handler).
       const acked = await conn.transaction(async (tx) => {
@@ -179,6 +181,7 @@ export async function startSimGuest(opts: SimGuestOptions): Promise<SimGuest> {
         await tx.write(shutdownPath, '');
         return true;
       });
+      lastSeen = acked ? '' : lastSeen;
       if (!acked) {
         settle('ignored');
         return;
@@ -190,7 +193,10 @@ export async function startSimGuest(opts: SimGuestOptions): Promise<SimGuest> {
     const onRequest = async (): Promise<void> => {
       if (closed || busy) return;
       const v = await conn.tryRead(shutdownPath);
-      if (v !== 'suspend') return;
+      const again = lastSeen === 'suspend';
+      lastSeen = v;
+      // The watch's first event and the event of the write itself may both read the one request.
+      if (v !== 'suspend' || again) return;
       busy = true;
       stats.requests++;
       log(`domain ${opts.domid}: suspend requested (mode ${mode})`);
