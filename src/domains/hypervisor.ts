@@ -42,7 +42,7 @@ export interface XcHypervisorOptions {
   libxenctrlPath?: string;
   /** libxenguest path or soname (else $DEVMIGRATE_LIBXENGUEST, else the running Xen's libxenguest.so.4.<minor>). */
   libxenguestPath?: string;
-  /** Where the running Xen's version is read (default /sys/hypervisor; tests point it elsewhere). */
+  /** Where the running Xen's version is read (default $DEVMIGRATE_SYS_HYPERVISOR, else /sys/hypervisor). */
   sysHypervisor?: string;
 }
 
