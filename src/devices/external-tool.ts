@@ -44,6 +44,8 @@ export interface RunToolOptions {
    * holds values of another validated shape (rsync's `-e "ssh -o X"`, `[v6]:path`) passes its own.
    */
   argOk?: (arg: string) => boolean;
+  /** Called with the pid once spawned (the process leads its own group); its return value at the end. */
+  onSpawn?: (pid: number) => () => void;
 }
 
 /** Checks each argv value; throws ToolInputError before anything is spawned. */
@@ -72,6 +74,7 @@ export function runTool(path: string, args: readonly string[], opts: RunToolOpti
       // Own process group: a timeout kills the tool's children too.
       detached: true,
     });
+    const untrack = child.pid !== undefined ? opts.onSpawn?.(child.pid) : undefined;
     const killGroup = (sig: NodeJS.Signals): void => {
       if (child.pid === undefined) return;
       try {
@@ -116,12 +119,14 @@ export function runTool(path: string, args: readonly string[], opts: RunToolOpti
     child.stdout.on('data', lineReader('stdout'));
     child.stderr.on('data', lineReader('stderr'));
     child.on('error', (err) => {
+      untrack?.();
       clearTimeout(timer);
       if (killTimer !== undefined) clearTimeout(killTimer);
       opts.signal?.removeEventListener('abort', onAbort);
       reject(new DeviceOpError(`cannot run ${path}: ${err.message}`, { cause: err }));
     });
     child.on('close', (code, signal) => {
+      untrack?.();
       clearTimeout(timer);
       if (killTimer !== undefined) clearTimeout(killTimer);
       opts.signal?.removeEventListener('abort', onAbort);
@@ -197,6 +202,9 @@ export class ExternalToolMigrator implements DeviceMigrator {
       killGraceMs: this.killGraceMs,
       signal: ctx.signal,
       log: ctx.log,
+      ...(ctx.trackProcess !== undefined
+        ? { onSpawn: (pid: number) => ctx.trackProcess?.(pid) ?? (() => undefined) }
+        : {}),
       env: {
         DEVMIGRATE_DOMID: String(this.dev.domid),
         DEVMIGRATE_DEVID: this.dev.devid,

@@ -41,6 +41,12 @@ export interface OpContext {
   log: Logger;
   /** Progress of this operation in its own units (bytes for a copy). Cheap: the engine coalesces. */
   progress(done: number, total: number): void;
+  /**
+   * A tool process (leading its own process group) was spawned for this device: the engine
+   * records it in the job so that an agent restarted after a crash can stop it before recovering
+   * the device. Returns what to call once the process has ended.
+   */
+  trackProcess?(pid: number): () => void;
 }
 
 export type TestOutcome = { ok: true; note?: string } | { ok: false; reason: string };

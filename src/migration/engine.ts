@@ -10,12 +10,15 @@ import { isXsErrno } from '../xenstore/errors.js';
 import type { Perm, Watch, XenStore, XsOps } from '../xenstore/types.js';
 import { JobValidationError, oneLine } from './errors.js';
 import { parseDomid, validateRequest, type JobRequest } from './job-schema.js';
-import { JobRun, type JobStart } from './job-run.js';
+import type { JobRunEvent } from './job-events.js';
+import { JobRun, type JobStart, type PersistedFacts } from './job-run.js';
 import { JobWriter } from './job-writer.js';
 import { domidOfKey, withLogContext } from './log-context.js';
 import { classifyJobPath, JOBS, jobPath, PROTOCOL_VERSION, PROTOCOL_VERSION_PATH, ROOT } from './paths.js';
 import { Semaphore } from './semaphore.js';
+import { parseSuspendRequest } from './recovery-decision.js';
 import { isControl, isJobState, isTerminal, recoveryAction, type JobState } from './state-machine.js';
+import { procTable, type ProcessTable } from './tool-processes.js';
 
 export interface EngineOptions {
   xs: XenStore;
@@ -23,7 +26,12 @@ export interface EngineOptions {
   config: DevMigrateConfig;
   log: Logger;
   registry?: DeviceRegistry;
+  /** Timing marks of every job (job-events.ts markOf): suspended, synced, done-visible, finished, phase-start/end. */
   onMark?(domid: number, mark: string, atMs: number): void;
+  /** Every job's typed events (state changes, phases, device operations, suspended/resumed). */
+  onJobEvent?(ev: JobRunEvent): void;
+  /** The host's process table (default: /proc); a crashed predecessor's tools are stopped through it. */
+  processes?: ProcessTable;
 }
 
 /** Nodes the agent writes in a job dir; cleared when a new request replaces a finished job. */
@@ -40,6 +48,7 @@ const AGENT_NODES = [
   'accepted-mode',
   'control',
   'source',
+  'suspend-request',
 ];
 
 /** States after the domain was suspended: a draining agent lets these finish within its bound. */
@@ -74,12 +83,16 @@ interface Snapshot {
   dirTrusted: boolean;
   /** Every node read (directory, request, each field, control, and the agent's own state nodes). */
   trusted: boolean;
-  /** The agent's own nodes (state, accepted-id, suspended-by) are dom0's alone: they may decide a recovery. */
+  /** The agent's own nodes (state, accepted-id, suspended-by, suspend-request, source) are dom0's alone: they may decide a recovery. */
   agentNodesTrusted: boolean;
   untrustedWhy?: string;
   state?: string;
   acceptedId?: string;
   suspendedBy?: string;
+  /** suspend-request (the agent's own suspend request a guest may still act on). */
+  suspendRequest?: string;
+  /** source (gone: the toolstack destroyed the source after its suspend). */
+  source?: string;
   control?: string;
   fields: Map<string, string>;
 }
@@ -288,15 +301,20 @@ export class MigrationEngine {
   /** Resolves when the run ended, or reached `done` (then detached: the toolstack's turn). */
   private settledForDrain(run: JobRun, cleanup: (() => void)[]): Promise<void> {
     return new Promise<void>((resolve) => {
-      // JobRun has no state events; a light check while draining only (bounded by the drain).
-      const t = setInterval(() => {
-        if (run.state === 'done') run.detach();
-      }, 50);
+      const atDone = (): void => {
+        if (run.state !== 'done') return;
+        run.detach();
+        end();
+      };
+      const unsubscribe = run.subscribe((ev) => {
+        if (ev.type === 'state') atDone();
+      });
       const end = (): void => {
-        clearInterval(t);
+        unsubscribe();
         resolve();
       };
       cleanup.push(end);
+      atDone();
       void run.finished.then(end);
     });
   }
@@ -333,7 +351,7 @@ export class MigrationEngine {
     }
     if (c.node === 'agent') return;
     if (c.node === 'control') {
-      const domid = /^[0-9]+$/.test(c.key) ? Number(c.key) : -1;
+      const domid = domidOfKey(c.key) ?? -1;
       if (this.jobs.has(domid)) {
         void this.readControl(domid);
         return;
@@ -435,10 +453,12 @@ export class MigrationEngine {
         }
         return v;
       };
-      const [state, acceptedId, suspendedBy, names] = await Promise.all([
+      const [state, acceptedId, suspendedBy, suspendRequest, source, names] = await Promise.all([
         checked(`${base}/state`),
         checked(`${base}/accepted-id`),
         checked(`${base}/suspended-by`),
+        checked(`${base}/suspend-request`),
+        checked(`${base}/source`),
         count(
           tx
             .directory(`${base}/request`)
@@ -449,6 +469,8 @@ export class MigrationEngine {
       if (state !== undefined) snap.state = state;
       if (acceptedId !== undefined) snap.acceptedId = acceptedId;
       if (suspendedBy !== undefined) snap.suspendedBy = suspendedBy;
+      if (suspendRequest !== undefined) snap.suspendRequest = suspendRequest;
+      if (source !== undefined) snap.source = source;
       if (names.length > 0) {
         const reqPerms = await count(tx.getPerms(`${base}/request`));
         if (!ownedOnlyBy(reqPerms, 0)) untrusted(`${base}/request`, reqPerms);
@@ -482,7 +504,7 @@ export class MigrationEngine {
 
   private async examine(key: string): Promise<void> {
     const snap = await this.snapshot(key);
-    const domidMaybe = /^[0-9]{1,5}$/.test(key) ? Number(key) : undefined;
+    const domidMaybe = domidOfKey(key);
     const inMem = domidMaybe !== undefined ? this.jobs.get(domidMaybe) : undefined;
     if (!snap.exists) {
       if (inMem !== undefined && !isTerminal(inMem.state) && inMem.state !== 'done') {
@@ -554,7 +576,7 @@ export class MigrationEngine {
     this.handled.set(key, fp);
     this.jlog(key).warn(`job ${key} ignored: ${why}`);
     if (!snap.dirTrusted) return; // cannot be marked safely: writing into a guest's directory is its game
-    const domid = /^[0-9]{1,5}$/.test(key) ? Number(key) : undefined;
+    const domid = domidOfKey(key);
     if (inMem !== undefined && !isTerminal(inMem.state)) {
       if (domid !== undefined)
         await this.writerFor(domid).persist({ 'refused-request': oneLine(`request ignored: ${why}`) });
@@ -581,7 +603,9 @@ export class MigrationEngine {
     if (clear) for (const n of AGENT_NODES) nodes[n] = undefined;
     Object.assign(nodes, { state: 'failed', error: oneLine(error), recovered: '1' });
     if (id !== undefined && /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/.test(id)) nodes['accepted-id'] = id;
-    const w = /^[0-9]{1,5}$/.test(key) ? this.writerFor(Number(key)) : this.writerFor(key);
+    // A key that is not a canonical domid ("05") is answered in its own directory, never an alias.
+    const domid = domidOfKey(key);
+    const w = domid !== undefined ? this.writerFor(domid) : this.writerFor(key);
     await w.persist(nodes);
   }
 
@@ -640,7 +664,9 @@ export class MigrationEngine {
           deviceSlots: this.deviceSlots,
           writer,
           deviceTimeoutMs: (t) => registry.deviceTimeoutMs(t),
+          processes: this.opts.processes ?? procTable,
           ...(this.opts.onMark !== undefined ? { onMark: this.opts.onMark } : {}),
+          ...(this.opts.onJobEvent !== undefined ? { onEvent: this.opts.onJobEvent } : {}),
         },
         name,
       );
@@ -697,6 +723,32 @@ export class MigrationEngine {
     }
   }
 
+  /**
+   * The tool processes a crashed predecessor recorded for the job's devices ("type/devid" ->
+   * tool-process). Only records owned by dom0 and writable by no other domain count: a forged one
+   * must never make the agent signal a process group.
+   */
+  private async toolRecords(domid: number): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
+    const base = `${jobPath(domid)}/devices`;
+    const list = (p: string): Promise<string[]> => this.xs.directory(p).catch(() => [] as string[]);
+    try {
+      for (const type of await list(base)) {
+        for (const devid of await list(`${base}/${type}`)) {
+          const path = `${base}/${type}/${devid}/tool-process`;
+          const [v, perms] = await Promise.all([this.xs.tryRead(path), permsOrUndefined(this.xs, path)]);
+          this.readOps += 2;
+          if (v !== undefined && perms !== undefined && ownedOnlyBy(perms, 0)) out.set(`${type}/${devid}`, v);
+        }
+      }
+    } catch (err) {
+      this.jlog(domid).warn(
+        `job ${domid}: cannot read the tool processes of a previous agent: ${String(err)}`,
+      );
+    }
+    return out;
+  }
+
   /** The recovery table applied to a job found in XenStore with no JobRun in memory. */
   private async recoverOrphan(key: string, state: JobState, snap: Snapshot): Promise<void> {
     if (!this.accepting) return; // the next agent applies the recovery table
@@ -711,9 +763,10 @@ export class MigrationEngine {
       domid = parseDomid(key);
       request = validateRequest(snap.fields);
     } catch (err) {
-      if (action === 'recover' || action === 'adopt') {
+      const known = domidOfKey(key);
+      if ((action === 'recover' || action === 'adopt') && known !== undefined) {
         // Without a valid request we still know the domain: recover what we can.
-        domid = Number(key);
+        domid = known;
         request = {
           id: snap.acceptedId ?? 'unknown',
           target: 'localhost',
@@ -722,7 +775,6 @@ export class MigrationEngine {
           suspend: 'agent',
           live: true,
         };
-        if (!Number.isInteger(domid) || domid <= 0) return;
       } else {
         await this.fail(key, (err as Error).message, snap.acceptedId, false);
         return;
@@ -742,19 +794,25 @@ export class MigrationEngine {
         return;
       case 'recover':
       case 'adopt': {
-        const exists = (await this.domains.info(domid).catch(() => undefined)) !== undefined;
-        if (action === 'adopt' && !exists) return; // done and the source is gone: migration complete
+        // done and the source is gone: the migration is complete. (An info error is no answer:
+        // the job is adopted, so that recover/abort are still served.)
+        const gone = await this.domains.info(domid).then(
+          (i) => i === undefined,
+          () => false,
+        );
+        if (action === 'adopt' && gone) return;
         const run = await this.buildRun(domid, request, writer);
         if (run === undefined) return;
+        const persisted: PersistedFacts = {
+          suspendedBy:
+            snap.suspendedBy === 'agent' || snap.suspendedBy === 'toolstack' ? snap.suspendedBy : undefined,
+          request: parseSuspendRequest(snap.suspendRequest, Date.now()),
+          sourceGone: snap.source === 'gone',
+          tools: action === 'recover' ? await this.toolRecords(domid) : new Map(),
+        };
         this.launch(
           run,
-          action === 'adopt'
-            ? { kind: 'adopt', ...(snap.suspendedBy !== undefined ? { suspendedBy: snap.suspendedBy } : {}) }
-            : {
-                kind: 'recover',
-                from: state,
-                ...(snap.suspendedBy !== undefined ? { suspendedBy: snap.suspendedBy } : {}),
-              },
+          action === 'adopt' ? { kind: 'adopt', persisted } : { kind: 'recover', from: state, persisted },
         );
         return;
       }

@@ -11,6 +11,13 @@ export interface DeviceUpdate {
   reason?: string;
   progress?: string;
   policy?: string;
+  /** The device's running tool process (tool-processes.ts); null removes the record. */
+  toolProcess?: string | null;
+}
+
+/** A batch of the job's nodes could not be written, retries included. */
+export class JobWriteError extends Error {
+  override readonly name = 'JobWriteError';
 }
 
 export class JobWriter {
@@ -54,23 +61,32 @@ export class JobWriter {
    * device update, in one transaction when there is more than one write. Resolves when written.
    */
   persist(nodes: Record<string, string | undefined>): Promise<void> {
-    return this.enqueue(nodes);
+    return this.enqueue(nodes).then(() => undefined);
+  }
+
+  /** As persist, but rejects (JobWriteError) when the nodes could not be written: a fact that must be on record. */
+  async persistStrict(nodes: Record<string, string | undefined>): Promise<void> {
+    if (!(await this.enqueue(nodes)))
+      throw new JobWriteError(`job ${this.domid}: write failed after retries`);
   }
 
   /** Resolves when everything queued so far is written. */
   flush(): Promise<void> {
-    return this.enqueue({});
+    return this.enqueue({}).then(() => undefined);
   }
 
-  private enqueue(nodes: Record<string, string | undefined>): Promise<void> {
+  private enqueue(nodes: Record<string, string | undefined>): Promise<boolean> {
     const next = this.chain.then(() => this.writeBatch(nodes));
-    this.chain = next.catch(() => undefined);
+    this.chain = next.then(
+      () => undefined,
+      () => undefined,
+    );
     return next;
   }
 
   /** Device and progress nodes: many, and need no atomicity with each other. */
-  private collectDevices(): [string, string][] {
-    const writes: [string, string][] = [];
+  private collectDevices(): [string, string | undefined][] {
+    const writes: [string, string | undefined][] = [];
     for (const [key, u] of this.pendingDevices) {
       const [type = '', devid = ''] = key.split('/');
       const base = jobNode.device(this.domid, type, devid);
@@ -78,6 +94,7 @@ export class JobWriter {
       if (u.reason !== undefined) writes.push([`${base}/reason`, u.reason]);
       if (u.progress !== undefined) writes.push([`${base}/progress`, u.progress]);
       if (u.policy !== undefined) writes.push([`${base}/policy`, u.policy]);
+      if (u.toolProcess !== undefined) writes.push([`${base}/tool-process`, u.toolProcess ?? undefined]);
     }
     this.pendingDevices.clear();
     if (this.pendingProgress !== undefined) {
@@ -91,7 +108,8 @@ export class JobWriter {
   static RETRIES = 3;
   static RETRY_DELAY_MS = 100;
 
-  private async writeBatch(nodes: Record<string, string | undefined>, attempt = 0): Promise<void> {
+  /** Writes one batch (retried); true when it all landed. */
+  private async writeBatch(nodes: Record<string, string | undefined>, attempt = 0): Promise<boolean> {
     const jobWritesRetry = new Map<string, string | undefined>();
     const deviceWrites = this.collectDevices();
     const base = `/tool/devmigrate/jobs/${this.domid}`;
@@ -99,7 +117,7 @@ export class JobWriter {
       `${base}/${k}`,
       v,
     ]);
-    if (deviceWrites.length === 0 && jobWrites.length === 0) return;
+    if (deviceWrites.length === 0 && jobWrites.length === 0) return true;
     const one = (ops: XsOps, [path, value]: [string, string | undefined]): Promise<void> => {
       this.ops += 1;
       if (value !== undefined) return ops.write(path, value);
@@ -121,7 +139,7 @@ export class JobWriter {
     }
     const results = await Promise.allSettled(pending);
     const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed.length === 0) return;
+    if (failed.length === 0) return true;
     // A transient failure (EAGAIN retries exhausted under a burst, a busy xenstored) must not
     // leave a job's state unwritten: a requester would wait for an answer that never comes.
     // Writes are idempotent (a value, or a removal), so the whole batch is simply sent again.
@@ -140,5 +158,6 @@ export class JobWriter {
     this.log.error(
       `job ${this.domid}: ${failed.length} of ${deviceWrites.length + jobWrites.length} write(s) failed: ${(failed[0]?.reason as Error).message}`,
     );
+    return false;
   }
 }

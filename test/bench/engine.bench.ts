@@ -85,6 +85,9 @@ class PromptDomains implements DomainControl {
   waitForSuspended(): Promise<void> {
     return Promise.resolve();
   }
+  withdrawSuspend(): Promise<'withdrawn'> {
+    return Promise.resolve('withdrawn');
+  }
   onEvent(_cb: (ev: DomainEvent) => void): () => void {
     return () => undefined;
   }
