@@ -84,9 +84,7 @@ export class RsyncDiskMigrator implements DeviceMigrator {
       signal: ac.signal,
       log: ctx.log,
       argOk: rsyncArgOk,
-      ...(ctx.trackProcess !== undefined
-        ? { onSpawn: (pid: number) => ctx.trackProcess?.(pid) ?? (() => undefined) }
-        : {}),
+      track: ctx.toolProcess?.bind(ctx),
       onLine: (line) => {
         const done = parseProgress2(line);
         if (done !== undefined) ctx.progress(Math.min(done, this.size), this.size);

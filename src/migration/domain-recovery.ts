@@ -16,7 +16,7 @@ import {
 } from './recovery-decision.js';
 
 /** More steps than any path of the decision takes (its tests prove it): a safety net only. */
-const MAX_STEPS = 32;
+export const MAX_RECOVERY_STEPS = 64;
 
 export interface DomainRecoveryDeps {
   domains: DomainControl;
@@ -33,8 +33,17 @@ export interface DomainRecoveryDeps {
   onResumed(): void;
 }
 
+/**
+ * The agent must stop (drain, stop) before the guest's bound: the job is handed over, left
+ * `recovering` with its facts, for the next agent to watch on.
+ */
+export interface HandOver {
+  do: 'hand-over';
+  why: string;
+}
+
 export interface DomainRecoveryResult {
-  final: Extract<RecoveryStep, { do: 'leave' | 'fail' }>;
+  final: Extract<RecoveryStep, { do: 'leave' | 'fail' }> | HandOver;
   /** The steps taken, in order (log and tests). */
   steps: string[];
 }
@@ -79,7 +88,7 @@ export async function recoverDomain(
     f.request = r;
     await deps.recordRequest(r);
   };
-  for (let i = 0; i < MAX_STEPS; i++) {
+  for (let i = 0; i < MAX_RECOVERY_STEPS; i++) {
     const seen = await look();
     const step = decideRecovery(f, progress, seen, Date.now(), limits);
     steps.push(step.do);
@@ -116,6 +125,11 @@ export async function recoverDomain(
         );
         const end = await watchLateSuspend(domid, step.untilMs, deps);
         progress.watched = true;
+        if (end === 'limit') {
+          const why = `the agent stops watching ${Math.round((step.untilMs - Date.now()) / 1000)} s before the guest's bound; the next agent watches on`;
+          deps.log.warn(`job ${domid}: ${why}`);
+          return { final: { do: 'hand-over', why }, steps };
+        }
         const since = f.request.kind === 'none' ? 0 : Date.now() - f.request.at;
         if (end === 'suspended')
           deps.log.info(`job ${domid}: the guest suspended ${since} ms after the cancel; resuming it`);
@@ -123,6 +137,7 @@ export async function recoverDomain(
         break;
       }
       case 'resume':
+        await sleep(step.afterMs);
         progress.resumes += 1;
         try {
           await bounded(domains.resume(domid), deps.callMs, 'resume');
@@ -138,7 +153,7 @@ export async function recoverDomain(
     }
   }
   return {
-    final: { do: 'fail', why: `recovery of domain ${domid} did not settle in ${MAX_STEPS} steps` },
+    final: { do: 'fail', why: `recovery of domain ${domid} did not settle in ${MAX_RECOVERY_STEPS} steps` },
     steps,
   };
 }
@@ -162,16 +177,19 @@ function watchLateSuspend(domid: number, untilMs: number, deps: DomainRecoveryDe
       deps.onWatchLimit(undefined);
       resolve(end);
     };
+    let limited = false;
     const check = async (atBound: boolean): Promise<void> => {
       const info = await bounded(deps.domains.info(domid), deps.callMs, 'domain info').catch(() => null);
       if (done) return;
       if (info === undefined || info?.dying === true) finish('gone');
       else if (info?.shutdown === true) finish(info.shutdownReason === 'suspend' ? 'suspended' : 'shutdown');
-      else if (atBound) finish('bound reached, still running');
+      else if (atBound) finish(limited ? 'limit' : 'bound reached, still running');
     };
     const arm = (): void => {
       clearTimeout(timer);
-      const until = Math.min(untilMs, deps.watchLimit() ?? Infinity);
+      const limit = deps.watchLimit() ?? Infinity;
+      limited = limit < untilMs;
+      const until = Math.min(untilMs, limit);
       timer = setTimeout(() => void check(true), Math.max(0, until - Date.now()));
     };
     const poll = setInterval(() => void check(false), 1000);

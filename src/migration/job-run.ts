@@ -7,11 +7,22 @@
 import { setMaxListeners } from 'node:events';
 import type { DevMigrateConfig } from '../config/schema.js';
 import type { DiscoveredDevice } from '../devices/discovery.js';
-import { DeviceOpError, type JobContext, type Logger, type OpContext } from '../devices/types.js';
+import {
+  DeviceOpError,
+  type JobContext,
+  type Logger,
+  type OpContext,
+  type ToolTracking,
+} from '../devices/types.js';
 import { DomainError, SuspendCancelledError } from '../domains/errors.js';
 import type { DomainControl } from '../domains/types.js';
 import { ControlMailbox } from './control-mailbox.js';
-import { bounded, recoverDomain, type DomainRecoveryDeps } from './domain-recovery.js';
+import {
+  bounded,
+  recoverDomain,
+  type DomainRecoveryDeps,
+  type DomainRecoveryResult,
+} from './domain-recovery.js';
 import { DomainGoneError, EngineTimeoutError, JobAbortedError, oneLine } from './errors.js';
 import {
   markOf,
@@ -23,11 +34,11 @@ import {
 import type { JobRequest, SuspendBy } from './job-schema.js';
 import type { JobWriter } from './job-writer.js';
 import { withLogContext } from './log-context.js';
+import { formatHolding, holdingPath, holdingToolPath } from './paths.js';
 import {
   DEFAULT_RECOVERY_LIMITS,
   formatSuspendRequest,
   requestAfterSuspendFailure,
-  type RecoveryStep,
   type SuspendRequestFact,
 } from './recovery-decision.js';
 import type { Priority, Semaphore } from './semaphore.js';
@@ -47,9 +58,10 @@ import {
 } from './state-machine.js';
 import {
   formatToolProcess,
+  newToolToken,
   parseToolProcess,
-  recordOf,
-  stopToolGroup,
+  stopTool,
+  TOOL_TOKEN_ENV,
   type ProcessTable,
   type ToolProcessRecord,
 } from './tool-processes.js';
@@ -101,6 +113,10 @@ export interface PersistedFacts {
   sourceGone: boolean;
   /** devices/<type>/<devid>/tool-process values, by "type/devid". */
   tools: ReadonlyMap<string, string>;
+  /** The devices could not be discovered (why): they cannot be recovered, the job ends recovered=0. */
+  devicesUnknown?: string;
+  /** The tool records could not be read (why): no device is recovered (a tool may still run). */
+  toolsUnknown?: string;
 }
 
 /** new: the engine persisted `accepted`; recover/adopt: per the recovery table after a restart. */
@@ -114,8 +130,8 @@ interface DeviceSlot {
   /** Last mutating phase started on the device (recover is called with it). */
   lastPhase?: Phase;
   lastProgressWrite: number;
-  /** The device's tool process now running, if any (recorded in tool-process). */
-  tool?: ToolProcessRecord;
+  /** The device's tool processes now recorded (tool-process), normally at most one. */
+  tools: Set<ToolProcessRecord>;
   /** A crashed predecessor's tool-process record: stopped before the device is recovered. */
   predecessorTool?: string;
 }
@@ -208,8 +224,14 @@ export class JobRun {
   private rearmWatch: (() => void) | undefined;
   /** The agent stopped waiting on this job (shutdown of a done job): nothing more is written. */
   private detached = false;
+  /** The agent stopped before the recovery could end (drain, stop): left `recovering` for the next one. */
+  handedOver = false;
   /** The suspend-request value last written (the node is rewritten only when the fact changes). */
   private requestNode: string | undefined;
+  /** A predecessor's job whose devices could not be discovered: why (they are not recovered). */
+  private devicesUnknown: string | undefined;
+  /** A predecessor's job whose tool records could not be read: why (no device is recovered). */
+  private toolsUnknown: string | undefined;
   /** Rest states auto mode leaves at once, kept until the next write (one round trip less per phase). */
   private deferred: Record<string, string | undefined> = {};
   private readonly timers: NodeJS.Timeout[] = [];
@@ -226,7 +248,7 @@ export class JobRun {
     private readonly deps: JobRunDeps,
     domainName: string | undefined,
   ) {
-    this.devices = devices.map((dev) => ({ dev, lastProgressWrite: 0 }));
+    this.devices = devices.map((dev) => ({ dev, lastProgressWrite: 0, tools: new Set() }));
     this.finished = new Promise((r) => (this.finishedResolve = r));
     // Every device op of a phase listens to the job's signal: many listeners are expected.
     setMaxListeners(0, this.stopCtl.signal);
@@ -288,8 +310,15 @@ export class JobRun {
     else if (next === 'aborted' || next === 'refused') this.log.warn(line, meta);
     else this.log.info(line, meta);
     this.setState(next);
-    const nodes = { ...this.deferred, ...extra, state: next };
-    if ('suspend-request' in extra) this.requestNode = extra['suspend-request'];
+    const nodes: Record<string, string | undefined> = {
+      ...this.deferred,
+      ...(next === 'recovering' ? this.recoveryNodes() : {}),
+      ...extra,
+      state: next,
+    };
+    // The agent's holding record goes with the job's end (or its hand-over to the toolstack).
+    if (isTerminal(next) || next === 'done') nodes[holdingPath(this.domid)] = undefined;
+    if ('suspend-request' in nodes) this.requestNode = nodes['suspend-request'];
     if (how === 'defer') {
       this.deferred = nodes;
       return;
@@ -298,6 +327,24 @@ export class JobRun {
     const written = this.deps.writer.persist(nodes);
     // Background: the writer keeps the order, and a crash here maps to the same recovery action.
     if (how === 'await') await written;
+  }
+
+  /**
+   * Every fact an agent restarted after a crash needs to recover the job, written with the move to
+   * `recovering`: they may be gone (a requester removing a running job's directory removes them;
+   * the agent then writes its nodes anew).
+   */
+  private recoveryNodes(): Record<string, string | undefined> {
+    const nodes: Record<string, string | undefined> = {
+      'accepted-id': this.request.id,
+      'accepted-mode': this.request.mode,
+      'suspend-request': formatSuspendRequest(this.f.request),
+      // Again after `done` (the toolstack's recover), which had ended the record.
+      [holdingPath(this.domid)]: formatHolding(this.request.id, this.f.suspendedBy),
+    };
+    if (this.f.suspendedBy !== undefined) nodes['suspended-by'] = this.f.suspendedBy;
+    if (this.f.sourceGone) nodes.source = 'gone';
+    return nodes;
   }
 
   /** Writes suspend-request when the fact changed since it was last written. */
@@ -434,6 +481,8 @@ export class JobRun {
     this.f.request = p.request;
     this.requestNode = formatSuspendRequest(p.request);
     this.f.sourceGone = p.sourceGone;
+    this.devicesUnknown = p.devicesUnknown;
+    this.toolsUnknown = p.toolsUnknown;
     for (const d of this.devices) {
       const rec = p.tools.get(`${d.dev.ref.type}/${d.dev.ref.devid}`);
       if (rec !== undefined) d.predecessorTool = rec;
@@ -519,9 +568,20 @@ export class JobRun {
   private async doStep(step: Step, startedAt: number): Promise<void> {
     // Who suspends is persisted with the step, before the suspend: a crash then knows whether to resume.
     if (step === 'post-suspend') this.f.suspendedBy = this.request.suspend;
+    // From its first mutating step the job is in the agent's holding record (holding/<domid> =
+    // "<job id>:<who suspends, or ->"), which survives a requester removing the job's directory.
+    const stepFacts: Record<string, string> =
+      step === 'pre-suspend'
+        ? { [holdingPath(this.domid)]: formatHolding(this.request.id, undefined) }
+        : step === 'post-suspend'
+          ? {
+              'suspended-by': this.request.suspend,
+              [holdingPath(this.domid)]: formatHolding(this.request.id, this.request.suspend),
+            }
+          : {};
     await this.to(
       { type: 'step', step },
-      step === 'post-suspend' ? { 'suspended-by': this.request.suspend } : {},
+      stepFacts,
       step === 'sync' && this.inWindow() ? 'background' : 'await',
     );
     if (this.aborted) return;
@@ -632,7 +692,7 @@ export class JobRun {
     await this.to({ type: 'suspended' }, settled, this.request.mode === 'auto' ? 'background' : 'await');
   }
 
-  private opContext(slot: DeviceSlot, signal: AbortSignal): OpContext {
+  private opContext(slot: DeviceSlot, signal: AbortSignal, op: DeviceOpName): OpContext {
     const { type, devid } = slot.dev.ref;
     return {
       job: this.ctxJob,
@@ -644,23 +704,38 @@ export class JobRun {
         slot.lastProgressWrite = at;
         this.deps.writer.device(type, devid, { progress: `${Math.floor(done)}/${Math.floor(total)}` });
       },
-      trackProcess: (pid) => this.trackProcess(slot, pid),
+      // Tools of mutating phases and of recover are recorded (a test changes nothing).
+      ...(op !== 'test' ? { toolProcess: () => this.toolProcess(slot) } : {}),
     };
   }
 
-  /** Records a device's tool process in the job (tool-process), until it ends. */
-  private trackProcess(slot: DeviceSlot, pid: number): () => void {
-    const rec = recordOf(pid, this.deps.processes);
-    if (rec === undefined) return () => undefined; // already gone
+  /**
+   * Records a device's tool in the job's holding record BEFORE it runs (token + boot id,
+   * awaited; the token marks its processes), then its process group and start time once
+   * spawned; the record goes when it has ended. A crashed agent's successor stops it first.
+   */
+  private async toolProcess(slot: DeviceSlot): Promise<ToolTracking> {
     const { type, devid } = slot.dev.ref;
-    slot.tool = rec;
-    this.deps.writer.device(type, devid, { toolProcess: formatToolProcess(rec) });
+    const path = holdingToolPath(this.domid, type, devid);
+    const rec: ToolProcessRecord = { token: newToolToken(), bootId: this.deps.processes.bootId() };
+    await this.deps.writer.persistStrict({ [path]: formatToolProcess(rec) });
+    slot.tools.add(rec);
     let ended = false;
-    return () => {
-      if (ended) return;
-      ended = true;
-      if (slot.tool === rec) slot.tool = undefined;
-      this.deps.writer.device(type, devid, { toolProcess: null });
+    return {
+      env: { [TOOL_TOKEN_ENV]: rec.token },
+      spawned: (pid) => {
+        const p = this.deps.processes.info(pid);
+        if (p === undefined || ended) return;
+        rec.pgid = pid;
+        rec.startTicks = p.startTicks;
+        void this.deps.writer.persist({ [path]: formatToolProcess(rec) });
+      },
+      ended: () => {
+        if (ended) return;
+        ended = true;
+        slot.tools.delete(rec);
+        void this.deps.writer.persist({ [path]: undefined });
+      },
     };
   }
 
@@ -690,7 +765,7 @@ export class JobRun {
     let outcome: Outcome;
     try {
       outcome = await untilAborted(
-        fn(this.opContext(slot, ac.signal)),
+        fn(this.opContext(slot, ac.signal, op)),
         ac.signal,
         this.deps.config.timeouts.killGraceMs + 500,
       );
@@ -811,15 +886,17 @@ export class JobRun {
   private async recover(): Promise<void> {
     if (this.f.state !== 'recovering') {
       this.setState('recovering');
-      this.requestNode = formatSuspendRequest(this.f.request);
-      await this.deps.writer.persist({
+      const nodes: Record<string, string | undefined> = {
+        ...this.recoveryNodes(),
         state: 'recovering',
         progress: undefined,
-        'suspend-request': this.requestNode,
-      });
+      };
+      this.requestNode = nodes['suspend-request'];
+      await this.deps.writer.persist(nodes);
     }
     this.releaseSlot(true);
     const failures = await this.recoverDevices();
+    if (this.devicesUnknown !== undefined) failures.push(`devices not recovered: ${this.devicesUnknown}`);
     // A suspend still in flight (aborted mid-handshake) could land after the look below and
     // leave the guest suspended: let it settle first (aborted, it settles within its cancel
     // grace; bounded here too). Unsettled, its request stays `requested`: withdrawn and watched.
@@ -832,7 +909,7 @@ export class JobRun {
     }
     await this.syncRequestNode();
     const stop = this.f.stop ?? { cause: 'error', why: '', at: Date.now() };
-    let final: Extract<RecoveryStep, { do: 'leave' | 'fail' }> = { do: 'leave', reason: 'gone' };
+    let final: DomainRecoveryResult['final'] = { do: 'leave', reason: 'gone' };
     if (stop.cause !== 'gone') {
       final = (
         await recoverDomain(
@@ -845,6 +922,12 @@ export class JobRun {
           this.domainRecoveryDeps(),
         )
       ).final;
+    }
+    if (final.do === 'hand-over') {
+      // Still `recovering`, its facts on record: the next agent goes on from them.
+      this.handedOver = true;
+      await this.deps.writer.persist({ error: oneLine(`${stop.why}; ${final.why}`) });
+      return;
     }
     const cause = final.do === 'leave' && final.reason === 'gone' && !this.f.sourceGone ? 'gone' : stop.cause;
     const ok = failures.length === 0 && final.do === 'leave';
@@ -906,7 +989,7 @@ export class JobRun {
             };
             // No tool of a crashed predecessor (or a lingering one of ours) may still run when
             // the device's tool is called again with -recover.
-            const blocker = await this.stopLeftoverTools(slot);
+            const blocker = this.toolsUnknown ?? (await this.stopLeftoverTools(slot));
             if (blocker !== undefined) {
               failed(blocker);
               return;
@@ -942,21 +1025,20 @@ export class JobRun {
   private async stopLeftoverTools(slot: DeviceSlot): Promise<string | undefined> {
     const { type, devid } = slot.dev.ref;
     const predecessor = parseToolProcess(slot.predecessorTool);
+    if (slot.predecessorTool !== undefined && predecessor === undefined)
+      return `the previous agent's tool record ${JSON.stringify(slot.predecessorTool.slice(0, 80))} cannot be read: a tool may still run; not recovered`;
     const recs: [ToolProcessRecord, string][] = [];
     if (predecessor !== undefined) recs.push([predecessor, 'left running by a previous agent']);
-    if (slot.tool !== undefined) recs.push([slot.tool, 'still running']);
+    for (const rec of slot.tools) recs.push([rec, 'still running']);
     for (const [rec, how] of recs) {
-      const out = await stopToolGroup(rec, this.deps.processes, this.deps.config.timeouts.killGraceMs);
-      if (out === 'stopped')
-        this.log.warn(
-          `job ${this.domid}: stopped the ${type}/${devid} tool (process group ${rec.pgid}) ${how}`,
-        );
-      if (out === 'still-running')
-        return `its tool (process group ${rec.pgid}, ${how}) survived SIGKILL; not recovered`;
+      const out = await stopTool(rec, this.deps.processes, this.deps.config.timeouts.killGraceMs);
+      const what = `the ${type}/${devid} tool (${rec.pgid !== undefined ? `process group ${rec.pgid}` : `token ${rec.token}`})`;
+      if (out === 'stopped') this.log.warn(`job ${this.domid}: stopped ${what} ${how}`);
+      if (out === 'still-running') return `${what}, ${how}, survived SIGKILL; not recovered`;
     }
     if (slot.predecessorTool !== undefined) {
       slot.predecessorTool = undefined;
-      this.deps.writer.device(type, devid, { toolProcess: null });
+      void this.deps.writer.persist({ [holdingToolPath(this.domid, type, devid)]: undefined });
     }
     return undefined;
   }

@@ -66,8 +66,8 @@ export interface RecoveryLimits {
 
 export const DEFAULT_RECOVERY_LIMITS: Omit<RecoveryLimits, 'suspendMs'> = {
   graceMs: 2000,
-  lookRetries: 3,
-  maxResumes: 2,
+  lookRetries: 5,
+  maxResumes: 5,
   retryDelayMs: 200,
 };
 
@@ -86,7 +86,7 @@ export type RecoveryStep =
   | { do: 'withdraw-request'; afterMs: number }
   | { do: 'look-again'; afterMs: number }
   | { do: 'watch-late-suspend'; untilMs: number }
-  | { do: 'resume' }
+  | { do: 'resume'; afterMs: number }
   | { do: 'leave'; reason: LeaveReason; note?: string }
   | { do: 'fail'; why: string };
 
@@ -142,7 +142,7 @@ export function decideRecovery(
         do: 'fail',
         why: `resume failed: ${progress.lastError ?? `domain ${d} still suspended after ${progress.resumes} resume(s)`}`,
       };
-    return { do: 'resume' };
+    return { do: 'resume', afterMs: limits.retryDelayMs * progress.resumes };
   }
   // Running (perhaps paused by someone else, which is theirs to undo). A guest that may still act
   // on our request is watched, once, within its bound.

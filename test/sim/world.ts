@@ -38,6 +38,7 @@ export class SimWorld {
   readonly guests = new Map<number, SimGuest>();
   readonly requester: SimConnection;
   private gens = 0;
+  private current: Owner | undefined;
   agent: AgentGeneration | undefined;
 
   constructor(readonly dispatch: Dispatcher = realDispatcher) {
@@ -71,13 +72,28 @@ export class SimWorld {
   }
 
   /** Starts a new agent generation (engine + domain layer) on the store. */
-  async startAgent(
+  startAgent(
+    config: DevMigrateConfig,
+    registry: (config: DevMigrateConfig) => DeviceRegistry,
+    extra: Partial<EngineOptions> = {},
+  ): Promise<AgentGeneration> {
+    return this.startAgentAs(owner(`agent-${this.gens + 1}`), config, registry, extra);
+  }
+
+  /** The owner of the current (or last) agent generation. */
+  agentOwner(): Owner | undefined {
+    return this.current;
+  }
+
+  /** As startAgent, with the generation's owner given (its name must be agent-<n>). */
+  async startAgentAs(
+    who: Owner,
     config: DevMigrateConfig,
     registry: (config: DevMigrateConfig) => DeviceRegistry,
     extra: Partial<EngineOptions> = {},
   ): Promise<AgentGeneration> {
     const gen = ++this.gens;
-    const who = owner(`agent-${gen}`);
+    this.current = who;
     const xs = this.store.connect(`agent-${gen}`, who);
     const domainXs = this.store.connect(`agent-${gen}-domains`, who);
     const domains = createDomainControl({
@@ -95,9 +111,10 @@ export class SimWorld {
       registry: registry(config),
       ...extra,
     });
-    this.agent = { gen, who, xs, domainXs, domains, engine };
+    const generation = { gen, who, xs, domainXs, domains, engine };
+    this.agent = generation;
     await engine.start();
-    return this.agent;
+    return generation;
   }
 
   /** The agent dies where it stands (SIGKILL): its calls hang, its pending work never runs. */

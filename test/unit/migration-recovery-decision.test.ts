@@ -4,6 +4,7 @@
 // engine runs around it is proven to end against an adversary choosing every answer.
 import { describe, expect, it } from 'vitest';
 import type { DomainInfo } from '../../src/domains/types.js';
+import { MAX_RECOVERY_STEPS } from '../../src/migration/domain-recovery.js';
 import {
   DEFAULT_RECOVERY_LIMITS,
   decideRecovery,
@@ -50,9 +51,9 @@ function requests(): SuspendRequestFact[] {
 }
 function progresses(): RecoveryProgress[] {
   const out: RecoveryProgress[] = [];
-  for (const withdrawFailures of [0, 1, 3, 4, 5])
-    for (const lookFailures of [0, 1, 3, 4, 5])
-      for (const resumes of [0, 1, 2, 3])
+  for (const withdrawFailures of [0, 1, 5, 6, 7])
+    for (const lookFailures of [0, 1, 5, 6, 7])
+      for (const resumes of [0, 1, 4, 5, 6])
         for (const watched of [false, true]) {
           const p: RecoveryProgress = { withdrawFailures, lookFailures, resumes, watched };
           if (withdrawFailures + lookFailures + resumes > 0) p.lastError = 'E';
@@ -181,7 +182,7 @@ describe('the recovery loop always ends', () => {
    */
   const memo = new Map<string, number>();
   function longest(node: Node, depth: number): number {
-    if (depth >= 32) throw new Error(`the loop did not end: ${JSON.stringify(node)}`);
+    if (depth >= MAX_RECOVERY_STEPS) throw new Error(`the loop did not end: ${JSON.stringify(node)}`);
     const key = JSON.stringify(node);
     const known = memo.get(key);
     if (known !== undefined) return known;
@@ -231,7 +232,7 @@ describe('the recovery loop always ends', () => {
         { facts: { domid: 5, suspendedBy: 'agent', request, sourceGone: false }, progress: freshProgress() },
         0,
       );
-      expect(n).toBeLessThan(32);
+      expect(n).toBeLessThan(MAX_RECOVERY_STEPS);
     },
   );
 });
