@@ -7,12 +7,16 @@ import type { JobState, Phase } from './state-machine.js';
 export type DeviceOpName = Phase | 'recover';
 
 export type JobRunEventBody =
+  /** The run starts: a new job, or one a crashed agent left (recover) or finished (adopt). */
+  | { type: 'run-start'; start: 'new' | 'recover' | 'adopt' }
   /** The job's state changed (in memory; persisted with it or, inside the suspended window, just after). */
   | { type: 'state'; from: JobState; to: JobState }
-  | { type: 'phase-start'; phase: Phase }
-  | { type: 'phase-end'; phase: Phase; failures: number }
+  /** A phase on every device, or the recovery of the devices ('recover'). */
+  | { type: 'phase-start'; phase: Phase | 'recover' }
+  | { type: 'phase-end'; phase: Phase | 'recover'; failures: number }
   | { type: 'device-op-start'; device: string; op: DeviceOpName }
-  | { type: 'device-op-end'; device: string; op: DeviceOpName; ok: boolean; reason?: string }
+  /** bytes: what the operation last reported through progress(), if anything. */
+  | { type: 'device-op-end'; device: string; op: DeviceOpName; ok: boolean; reason?: string; bytes?: number }
   /** The agent is about to ask the domain to suspend (the handshake starts). */
   | { type: 'suspend-requested' }
   /** The domain was seen suspended (by the agent's suspend, or the toolstack's). */
@@ -31,21 +35,43 @@ export type JobRunEvent = JobRunEventBody & { domid: number; atMs: number };
 
 export type JobRunListener = (ev: JobRunEvent) => void;
 
+const OP_LABEL: Record<DeviceOpName, string> = {
+  test: 'test',
+  preSuspend: 'pre-suspend',
+  postSuspend: 'post-suspend',
+  sync: 'sync',
+  recover: 'recover',
+};
+
 /**
- * The timing mark an event also gives (onMark's vocabulary: 'suspended', 'synced', 'done-visible',
- * 'finished', 'phase-start:<phase>', 'phase-end:<phase>'), or undefined.
+ * The timing mark an event also gives (onMark's vocabulary, which the job timeline folds):
+ * 'start:<new|recover|adopt>', 'phase-start:<phase|recover>', 'phase-end:<phase|recover>',
+ * 'device-start:<type/devid> <op>', 'device-end:<type/devid> <op>:<ok|failed>:<bytes>',
+ * 'suspended', 'resumed', 'synced', 'done-visible', 'end:<done|refused|aborted|failed>',
+ * 'finished'; undefined for events with no mark.
  */
 export function markOf(ev: JobRunEventBody): string | undefined {
   switch (ev.type) {
+    case 'run-start':
+      return `start:${ev.start}`;
+    case 'state':
+      return ev.to === 'done' || ev.to === 'refused' || ev.to === 'aborted' || ev.to === 'failed'
+        ? `end:${ev.to}`
+        : undefined;
+    case 'phase-start':
+    case 'phase-end':
+      return `${ev.type}:${ev.phase}`;
+    case 'device-op-start':
+      return `device-start:${ev.device} ${OP_LABEL[ev.op]}`;
+    case 'device-op-end':
+      return `device-end:${ev.device} ${OP_LABEL[ev.op]}:${ev.ok ? 'ok' : 'failed'}:${ev.bytes ?? ''}`;
     case 'suspended':
+    case 'resumed':
     case 'synced':
     case 'done-visible':
     case 'finished':
       return ev.type;
-    case 'phase-start':
-    case 'phase-end':
-      return `${ev.type}:${ev.phase}`;
-    default:
+    case 'suspend-requested':
       return undefined;
   }
 }

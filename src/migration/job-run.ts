@@ -134,6 +134,8 @@ interface DeviceSlot {
   tools: Set<ToolProcessRecord>;
   /** A crashed predecessor's tool-process record: stopped before the device is recovered. */
   predecessorTool?: string;
+  /** What the running operation last reported through progress() (the timeline's bytes). */
+  reported?: number;
 }
 
 type Outcome = { ok: true } | { ok: false; reason: string };
@@ -433,6 +435,7 @@ export class JobRun {
 
   /** Runs the whole job; never rejects. */
   async run(start: JobStart = { kind: 'new' }): Promise<void> {
+    this.emit({ type: 'run-start', start: start.kind });
     try {
       if (this.request.deadlineSec !== undefined) {
         const t = setTimeout(
@@ -699,6 +702,7 @@ export class JobRun {
       signal,
       log: withLogContext(this.log, () => ({ device: `${type}/${devid}` })),
       progress: (done, total) => {
+        slot.reported = Math.floor(done);
         const at = Date.now();
         if (at - slot.lastProgressWrite < 1000 && done < total) return;
         slot.lastProgressWrite = at;
@@ -757,6 +761,7 @@ export class JobRun {
     } catch (err) {
       return { ok: false, reason: oneLine((err as Error).message) };
     }
+    slot.reported = undefined;
     this.emit({ type: 'device-op-start', device, op });
     const ac = new AbortController();
     const onParent = (): void => ac.abort(parent.reason);
@@ -783,6 +788,7 @@ export class JobRun {
       op,
       ok: outcome.ok,
       ...(outcome.ok ? {} : { reason: outcome.reason }),
+      ...(slot.reported !== undefined ? { bytes: slot.reported } : {}),
     });
     return outcome;
   }
@@ -977,6 +983,7 @@ export class JobRun {
     setMaxListeners(0, ctl.signal);
     const timer = setTimeout(() => ctl.abort(new EngineTimeoutError('recover', recoverMs)), recoverMs);
     const failures: string[] = [];
+    this.emit({ type: 'phase-start', phase: 'recover' });
     try {
       for (const phase of [...PHASE_ORDER].reverse()) {
         const group = this.devices.filter((d) => d.lastPhase === phase);
@@ -1018,6 +1025,7 @@ export class JobRun {
     } finally {
       clearTimeout(timer);
     }
+    this.emit({ type: 'phase-end', phase: 'recover', failures: failures.length });
     return failures;
   }
 
