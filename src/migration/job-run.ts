@@ -104,6 +104,10 @@ export interface JobFacts {
   sourceGone: boolean;
   /** [error, written with the state it leads to] The first reason to stop. */
   stop: JobStop | undefined;
+  /** [devices/, read back after a crash] Why the devices could not be discovered (not recovered). */
+  devicesUnknown: string | undefined;
+  /** [holding/<domid>/tools, read back after a crash] Why a predecessor's tools are unknown (no device recovered). */
+  toolsUnknown: string | undefined;
 }
 
 /** What a restarted agent reads back from a job a predecessor left (engine.ts). */
@@ -204,6 +208,16 @@ async function settledWithin(p: Promise<unknown>, ms: number): Promise<boolean> 
   return r;
 }
 
+/**
+ * A job's run. What it knows is `facts` (each persisted, or read back from what a predecessor
+ * persisted) and its devices' slots (the last phase each started, its recorded tools). The rest is
+ * plumbing, each piece derived from those or given by the engine: the stop signal (from
+ * facts.stop), the requester's mailbox (controls not yet taken), the job slot held (auto mode: the
+ * whole run; steps mode: until the job leaves the suspended window), the suspend call in flight,
+ * an outer bound on a late-suspend watch (drain, stop), `detached` (the agent let go of a done
+ * job), `handedOver` (the agent stopped before the recovery ended) and the write batching
+ * (deferred rest states, the suspend-request value last written).
+ */
 export class JobRun {
   private readonly f: JobFacts = {
     state: 'accepted',
@@ -211,6 +225,8 @@ export class JobRun {
     request: { kind: 'none' },
     sourceGone: false,
     stop: undefined,
+    devicesUnknown: undefined,
+    toolsUnknown: undefined,
   };
   readonly devices: DeviceSlot[];
   /** Aborted with the first stop: cancels what runs (device ops, the suspend handshake, waits). */
@@ -230,10 +246,6 @@ export class JobRun {
   handedOver = false;
   /** The suspend-request value last written (the node is rewritten only when the fact changes). */
   private requestNode: string | undefined;
-  /** A predecessor's job whose devices could not be discovered: why (they are not recovered). */
-  private devicesUnknown: string | undefined;
-  /** A predecessor's job whose tool records could not be read: why (no device is recovered). */
-  private toolsUnknown: string | undefined;
   /** Rest states auto mode leaves at once, kept until the next write (one round trip less per phase). */
   private deferred: Record<string, string | undefined> = {};
   private readonly timers: NodeJS.Timeout[] = [];
@@ -484,8 +496,8 @@ export class JobRun {
     this.f.request = p.request;
     this.requestNode = formatSuspendRequest(p.request);
     this.f.sourceGone = p.sourceGone;
-    this.devicesUnknown = p.devicesUnknown;
-    this.toolsUnknown = p.toolsUnknown;
+    this.f.devicesUnknown = p.devicesUnknown;
+    this.f.toolsUnknown = p.toolsUnknown;
     for (const d of this.devices) {
       const rec = p.tools.get(`${d.dev.ref.type}/${d.dev.ref.devid}`);
       if (rec !== undefined) d.predecessorTool = rec;
@@ -902,7 +914,7 @@ export class JobRun {
     }
     this.releaseSlot(true);
     const failures = await this.recoverDevices();
-    if (this.devicesUnknown !== undefined) failures.push(`devices not recovered: ${this.devicesUnknown}`);
+    if (this.f.devicesUnknown !== undefined) failures.push(`devices not recovered: ${this.f.devicesUnknown}`);
     // A suspend still in flight (aborted mid-handshake) could land after the look below and
     // leave the guest suspended: let it settle first (aborted, it settles within its cancel
     // grace; bounded here too). Unsettled, its request stays `requested`: withdrawn and watched.
@@ -996,7 +1008,7 @@ export class JobRun {
             };
             // No tool of a crashed predecessor (or a lingering one of ours) may still run when
             // the device's tool is called again with -recover.
-            const blocker = this.toolsUnknown ?? (await this.stopLeftoverTools(slot));
+            const blocker = this.f.toolsUnknown ?? (await this.stopLeftoverTools(slot));
             if (blocker !== undefined) {
               failed(blocker);
               return;
