@@ -913,6 +913,7 @@ export class JobRun {
       await this.deps.writer.persist(nodes);
     }
     this.releaseSlot(true);
+    await this.withdrawEarly();
     const failures = await this.recoverDevices();
     if (this.f.devicesUnknown !== undefined) failures.push(`devices not recovered: ${this.f.devicesUnknown}`);
     // A suspend still in flight (aborted mid-handshake) could land after the look below and
@@ -967,6 +968,32 @@ export class JobRun {
         ...(this.requestNode !== undefined ? { 'suspend-request': undefined } : {}),
       },
     );
+  }
+
+  /**
+   * A request of ours that may still be pending (left by a crashed agent, or by a suspend call
+   * that never answered) is withdrawn before the devices are recovered, which may take long: a
+   * guest acting on it meanwhile would suspend only to be resumed. Best effort: the recovery of
+   * the domain withdraws it again (with retries) if this fails.
+   */
+  private async withdrawEarly(): Promise<void> {
+    if (this.f.request.kind !== 'requested' || this.f.suspendedBy !== 'agent') return;
+    if (this.suspendCall !== undefined && !(await settledWithin(this.suspendCall, 0))) return;
+    try {
+      const outcome = await bounded(
+        this.deps.domains.withdrawSuspend(this.domid),
+        this.deps.config.timeouts.recoverMs,
+        'withdraw the suspend request',
+      );
+      this.f.request =
+        outcome === 'withdrawn' ? { kind: 'withdrawn', at: Date.now() } : { kind: 'acked', at: Date.now() };
+      this.log.info(`job ${this.domid}: leftover suspend request ${outcome}`);
+      await this.syncRequestNode();
+    } catch (err) {
+      this.log.warn(
+        `job ${this.domid}: cannot withdraw the suspend request yet: ${oneLine((err as Error).message)}`,
+      );
+    }
   }
 
   private domainRecoveryDeps(): DomainRecoveryDeps {

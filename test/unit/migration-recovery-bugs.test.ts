@@ -193,13 +193,13 @@ describe('bug 3: an agent restarted in "suspending" withdraws the leftover reque
 
   it('a request the guest has not acked yet is withdrawn: the guest never suspends', async () => {
     const w = (world = new SimWorld());
-    const g = await w.addDomain(5, { mode: 'slow-ack', ackDelayMs: 400 });
+    const g = await w.addDomain(5, { mode: 'slow-ack', ackDelayMs: 1500 });
     w.store.put('/local/domain/5/control/shutdown', 'suspend');
     leftBehind(w, 'suspending', `requested:${Date.now()}`);
     const s: Script = { calls: [] };
     await w.startAgent(fastConfig(), registryOf(s));
     await until('job final', () => FINAL.test(w.job(5, 'state') ?? ''));
-    await sleep(800); // past the guest's slow ack
+    await sleep(1700); // past the guest's slow ack
     expect(g.stats.acks).toBe(0);
     expect(w.hv.info(5)).toMatchObject({ shutdown: false, paused: false });
     expect(w.job(5, 'state')).toBe('failed');
