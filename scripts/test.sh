@@ -18,6 +18,10 @@ node -e '
   if (r.numTotalTests === 0) { console.error("no test ran"); process.exit(1); }
 ' "$results/vitest.json" || status=1
 
+# The engine's randomized fault model (docs/protocol.md): 10,000 seeded schedules on every core,
+# about a minute; its last line is {"schedules":N,"violations":V,"seconds":S}.
+npm run --silent fuzz:engine -- --schedules 10000 || status=$?
+
 if [ "${DEVMIGRATE_SKIP_E2E:-0}" = 1 ]; then
   echo "e2e: skipped (DEVMIGRATE_SKIP_E2E=1)"
 else

@@ -32,6 +32,8 @@ export interface SimGuestOptions {
   featureSuspend?: '0' | '1' | '' | null;
   /** Connect the frontends found under device/ (write ring-ref, event-channel, state 4). Default true. */
   connectFrontends?: boolean;
+  /** Called (performance.now()) as the guest stops running: just before its SCHEDOP_shutdown(suspend). */
+  onSuspend?: (atMs: number) => void;
   log?: (msg: string) => void;
 }
 
@@ -168,7 +170,10 @@ export async function startSimGuest(opts: SimGuestOptions): Promise<SimGuest> {
         return;
       }
       // Counted before the hypercall: the toolstack may see the suspend before this call returns.
-      if (mode !== 'crash') stats.suspends++;
+      if (mode !== 'crash') {
+        stats.suspends++;
+        opts.onSuspend?.(performance.now());
+      }
       await suspendSelf(mode === 'crash' ? SHUTDOWN_CODE.crash : SHUTDOWN_CODE.suspend);
     };
     /** control/shutdown as this guest last read it: one request is one change to "suspend". */

@@ -4,7 +4,15 @@
 import { spawn } from 'node:child_process';
 import type { ToolConfig } from '../config/schema.js';
 import { SAFE_WORD } from '../config/schema.js';
-import type { DeviceMigrator, DeviceRef, Logger, OpContext, Phase, TestOutcome } from './types.js';
+import type {
+  DeviceMigrator,
+  DeviceRef,
+  Logger,
+  OpContext,
+  Phase,
+  TestOutcome,
+  ToolTracking,
+} from './types.js';
 import { DeviceOpError } from './types.js';
 
 /** Values that may reach the tool's argv: no whitespace, quotes, $, `, ;, |, &, <, >, *, ?, ... */
@@ -44,6 +52,8 @@ export interface RunToolOptions {
    * holds values of another validated shape (rsync's `-e "ssh -o X"`, `[v6]:path`) passes its own.
    */
   argOk?: (arg: string) => boolean;
+  /** Records the tool before it runs (its environment marks its processes); see OpContext.toolProcess. */
+  track?: () => Promise<ToolTracking>;
 }
 
 /** Checks each argv value; throws ToolInputError before anything is spawned. */
@@ -53,11 +63,23 @@ export function checkToolValue(arg: string, value: string): string {
 }
 
 /** Runs a program with argv, bounded in time; resolves with how it ended (never rejects on exit status). */
-export function runTool(path: string, args: readonly string[], opts: RunToolOptions): Promise<ToolRunResult> {
-  if (!path.startsWith('/')) return Promise.reject(new ToolInputError('path', path));
+export async function runTool(
+  path: string,
+  args: readonly string[],
+  opts: RunToolOptions,
+): Promise<ToolRunResult> {
+  if (!path.startsWith('/')) throw new ToolInputError('path', path);
   const argOk = opts.argOk ?? ((a: string) => SAFE_WORD.test(a));
   for (const a of args) {
-    if (!argOk(a)) return Promise.reject(new ToolInputError('argv', a));
+    if (!argOk(a)) throw new ToolInputError('argv', a);
+  }
+  let tracking: ToolTracking | undefined;
+  try {
+    tracking = await opts.track?.();
+  } catch (err) {
+    throw new DeviceOpError(`cannot record the tool in the job, not run: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
   return new Promise((resolve, reject) => {
     const tail: string[] = [];
@@ -67,11 +89,12 @@ export function runTool(path: string, args: readonly string[], opts: RunToolOpti
     const child = spawn(path, args, {
       shell: false,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', ...opts.env },
+      env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', ...opts.env, ...tracking?.env },
       cwd: opts.cwd ?? '/',
       // Own process group: a timeout kills the tool's children too.
       detached: true,
     });
+    if (child.pid !== undefined) tracking?.spawned(child.pid);
     const killGroup = (sig: NodeJS.Signals): void => {
       if (child.pid === undefined) return;
       try {
@@ -116,12 +139,14 @@ export function runTool(path: string, args: readonly string[], opts: RunToolOpti
     child.stdout.on('data', lineReader('stdout'));
     child.stderr.on('data', lineReader('stderr'));
     child.on('error', (err) => {
+      tracking?.ended();
       clearTimeout(timer);
       if (killTimer !== undefined) clearTimeout(killTimer);
       opts.signal?.removeEventListener('abort', onAbort);
       reject(new DeviceOpError(`cannot run ${path}: ${err.message}`, { cause: err }));
     });
     child.on('close', (code, signal) => {
+      tracking?.ended();
       clearTimeout(timer);
       if (killTimer !== undefined) clearTimeout(killTimer);
       opts.signal?.removeEventListener('abort', onAbort);
@@ -197,6 +222,7 @@ export class ExternalToolMigrator implements DeviceMigrator {
       killGraceMs: this.killGraceMs,
       signal: ctx.signal,
       log: ctx.log,
+      track: ctx.toolProcess?.bind(ctx),
       env: {
         DEVMIGRATE_DOMID: String(this.dev.domid),
         DEVMIGRATE_DEVID: this.dev.devid,

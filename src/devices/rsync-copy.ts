@@ -84,6 +84,7 @@ export class RsyncDiskMigrator implements DeviceMigrator {
       signal: ac.signal,
       log: ctx.log,
       argOk: rsyncArgOk,
+      track: ctx.toolProcess?.bind(ctx),
       onLine: (line) => {
         const done = parseProgress2(line);
         if (done !== undefined) ctx.progress(Math.min(done, this.size), this.size);

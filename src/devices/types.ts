@@ -41,6 +41,21 @@ export interface OpContext {
   log: Logger;
   /** Progress of this operation in its own units (bytes for a copy). Cheap: the engine coalesces. */
   progress(done: number, total: number): void;
+  /**
+   * Called before a tool process is spawned for this device: the engine records the tool in the
+   * job (so that an agent restarted after a crash can stop it before recovering the device) and
+   * returns the environment to give it and what to call when spawned and when ended.
+   */
+  toolProcess?(): Promise<ToolTracking>;
+}
+
+export interface ToolTracking {
+  /** Added to the tool's environment (it marks the tool's processes). */
+  env: Record<string, string>;
+  /** The tool runs, leading its own process group. */
+  spawned(pid: number): void;
+  /** The tool has ended (or never started). */
+  ended(): void;
 }
 
 export type TestOutcome = { ok: true; note?: string } | { ok: false; reason: string };

@@ -20,7 +20,15 @@ import {
   planResume,
   validateDomid,
 } from './suspend.js';
-import type { DomainControl, DomainEvent, DomainInfo, ResumeOptions, SuspendOptions } from './types.js';
+import type {
+  DomainControl,
+  DomainEvent,
+  DomainInfo,
+  ResumeOptions,
+  SuspendMethod,
+  SuspendOptions,
+  WithdrawOutcome,
+} from './types.js';
 
 export type DomainLogLevel = 'debug' | 'info' | 'warn' | 'error';
 /** Structured fields of a domain-control log line (the agent passes them to winston as metadata). */
@@ -171,6 +179,7 @@ export class XenDomainControl implements DomainControl {
         opts.ackTimeoutMs ?? this.ackTimeoutMs,
         opts.suspendTimeoutMs ?? this.suspendTimeoutMs,
         cancel,
+        opts.onRequest,
       );
     } finally {
       this.suspending.delete(domid);
@@ -182,7 +191,24 @@ export class XenDomainControl implements DomainControl {
     ackTimeoutMs: number,
     suspendTimeoutMs: number,
     cancel: Cancel | undefined,
+    onRequest: SuspendOptions['onRequest'],
   ): Promise<void> {
+    // The caller records that a request may be outstanding before it is made (crash recovery).
+    const recorded = async (how: SuspendMethod): Promise<void> => {
+      if (onRequest === undefined) return;
+      try {
+        await onRequest(how);
+      } catch (err) {
+        throw new DomainError(
+          'not-recorded',
+          domid,
+          'record-request',
+          `the request could not be recorded, nothing was asked: ${err instanceof Error ? err.message : String(err)}`,
+          undefined,
+          { cause: err },
+        );
+      }
+    };
     // Before anything is asked, an abort changes nothing: no grace needed.
     const notYet = (step: string): void => {
       if (cancel?.signal.aborted === true) {
@@ -207,6 +233,8 @@ export class XenDomainControl implements DomainControl {
       this.log('debug', `domain ${domid}: HVM without PV drivers: xc_domain_shutdown(SHUTDOWN_suspend)`, {
         domid,
       });
+      await recorded('hypervisor');
+      notYet('xc_domain_shutdown');
       // One hypercall: nothing to cancel once made; an abort after it still reports the outcome.
       await this.hv.shutdown(domid, SHUTDOWN_CODE.suspend);
       await this.waitSuspendedOrCancel(domid, suspendTimeoutMs, 'wait-suspended', cancel);
@@ -229,20 +257,18 @@ export class XenDomainControl implements DomainControl {
       );
     }
 
+    await recorded('pv-control');
+    notYet('request');
     this.log('debug', `domain ${domid}: writing suspend to ${shutdownPath}`, { domid });
     await this.xsStep(domid, 'request', () => this.xs.write(shutdownPath, 'suspend'));
     const ack = await this.waitAck(domid, shutdownPath, ackTimeoutMs, cancel?.signal);
     if (ack === 'suspended') return;
     if (ack === 'timeout' || ack === 'aborted') {
       // Re-read and clear in one transaction: a last-minute ack must not be overwritten.
-      const outcome = await this.xsStep(domid, 'cancel', () =>
-        this.xs.transaction(async (tx) => {
-          const v = await tx.tryRead(shutdownPath);
-          if (isSuspendAcked(v)) return 'late-ack' as const;
-          await tx.write(shutdownPath, '');
-          return 'cancelled' as const;
-        }),
-      );
+      const outcome =
+        (await this.xsStep(domid, 'cancel', () => this.withdrawRequest(shutdownPath))) === 'withdrawn'
+          ? 'cancelled'
+          : 'late-ack';
       if (ack === 'aborted' && cancel !== undefined) {
         const note =
           outcome === 'cancelled' ? 'request withdrawn before any ack' : 'the guest had already acked';
@@ -257,6 +283,7 @@ export class XenDomainControl implements DomainControl {
             `domain ${domid}: no ack, feature-suspend unset: falling back to xc_domain_shutdown`,
             { domid },
           );
+          await recorded('hypervisor');
           await this.hv.shutdown(domid, SHUTDOWN_CODE.suspend);
           await this.waitSuspendedOrCancel(domid, suspendTimeoutMs, 'wait-suspended', cancel);
           return;
@@ -501,26 +528,41 @@ export class XenDomainControl implements DomainControl {
   async resume(domid: number, opts: ResumeOptions = {}): Promise<void> {
     validateDomid(domid, 'resume');
     this.alive(domid, 'resume');
-    const plan = planResume(domid, await this.hv.info(domid));
-    if (plan === 'nothing') return;
-    if (plan === 'resume') {
-      const fast = opts.fast ?? true;
-      try {
-        await this.hv.resume(domid, fast);
-      } catch (err) {
-        if (!fast) throw err;
-        this.log('warn', `domain ${domid}: fast resume failed (${String(err)}), trying slow resume`, {
-          domid,
-        });
-        await this.hv.resume(domid, false);
-      }
-      // XS_RESUME clears xenstored's "shut down" mark, so the next shutdown fires @releaseDomain again.
-      await this.xsStep(domid, 'xs-resume', () => this.xs.resume(domid));
+    if (planResume(domid, await this.hv.info(domid)) === 'nothing') return;
+    const fast = opts.fast ?? true;
+    try {
+      await this.hv.resume(domid, fast);
+    } catch (err) {
+      if (!fast) throw err;
+      this.log('warn', `domain ${domid}: fast resume failed (${String(err)}), trying slow resume`, {
+        domid,
+      });
+      await this.hv.resume(domid, false);
     }
-    const after = await this.hv.info(domid);
-    if (after === undefined)
-      throw new DomainError('gone', domid, 'resume', 'domain disappeared during resume');
-    if (after.paused) await this.hv.unpause(domid);
+    // XS_RESUME clears xenstored's "shut down" mark, so the next shutdown fires @releaseDomain again.
+    // The pause count is left as it is: an administrator's `xl pause` is theirs to undo.
+    await this.xsStep(domid, 'xs-resume', () => this.xs.resume(domid));
+  }
+
+  async withdrawSuspend(domid: number): Promise<WithdrawOutcome> {
+    validateDomid(domid, 'withdraw');
+    this.alive(domid, 'withdraw');
+    const outcome = await this.xsStep(domid, 'withdraw', () =>
+      this.withdrawRequest(`/local/domain/${domid}/control/shutdown`),
+    );
+    this.log(outcome === 'withdrawn' ? 'warn' : 'debug', `domain ${domid}: suspend request ${outcome}`, {
+      domid,
+    });
+    return outcome;
+  }
+
+  /** control/shutdown "suspend" -> "" in one transaction; anything else is left as it is. */
+  private withdrawRequest(path: string): Promise<WithdrawOutcome> {
+    return this.xs.transaction(async (tx) => {
+      if (isSuspendAcked(await tx.tryRead(path))) return 'not-pending' as const;
+      await tx.write(path, '');
+      return 'withdrawn' as const;
+    });
   }
 
   onEvent(cb: (ev: DomainEvent) => void): () => void {

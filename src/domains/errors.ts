@@ -33,7 +33,9 @@ export type DomainErrorCode =
   /** DomainControl was closed. */
   | 'closed'
   /** The caller aborted the suspend (SuspendOptions.signal); see SuspendCancelledError. */
-  | 'cancelled';
+  | 'cancelled'
+  /** SuspendOptions.onRequest failed: the request could not be recorded, so it was not made. */
+  | 'not-recorded';
 
 export class DomainError extends Error {
   override readonly name = 'DomainError';

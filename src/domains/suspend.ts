@@ -2,7 +2,9 @@
 // apart from I/O so each rule can be tested on its own. Guest-writable values enter here only as
 // handshake inputs (ack or not, feature-suspend), never as anything that chooses a target or path.
 import { DomainError } from './errors.js';
-import type { DomainInfo, ShutdownReason } from './types.js';
+import type { DomainInfo, ShutdownReason, SuspendMethod } from './types.js';
+
+export type { SuspendMethod };
 
 /** DOMID_FIRST_RESERVED (xen.h): domids at or above it are special (DOMID_SELF, DOMID_IO, ...). */
 export const DOMID_FIRST_RESERVED = 0x7ff0;
@@ -61,8 +63,6 @@ export function parseFeatureSuspend(value: string | undefined): FeatureSuspend {
   return 'unknown';
 }
 
-export type SuspendMethod = 'hypervisor' | 'pv-control';
-
 /**
  * libxl's choice: an HVM guest whose HVM_PARAM_CALLBACK_IRQ is 0 (no PV drivers set up) or that
  * is in an ACPI sleep state is suspended by the hypervisor (xc_domain_shutdown(SHUTDOWN_suspend));
@@ -106,12 +106,13 @@ export function judgeSuspendWait(info: DomainInfo | undefined): WaitVerdict {
   return info.shutdownReason === 'suspend' ? 'suspended' : 'unexpected-shutdown';
 }
 
-export type ResumePlan = 'resume' | 'unpause' | 'nothing';
+export type ResumePlan = 'resume' | 'nothing';
 
 /**
- * resume() on a suspended domain does the full xc_domain_resume + XS_RESUME + unpause; on a
- * running one it must not call xc_domain_resume (a slow resume resets a live guest's PV state),
- * so it only unpauses if paused: that makes resume idempotent.
+ * resume() on a suspended domain does xc_domain_resume + XS_RESUME; on a running one it must not
+ * call xc_domain_resume (a slow resume resets a live guest's PV state), so it does nothing: that
+ * makes resume idempotent. The controller pause count is never touched (xl pause by an
+ * administrator is theirs to undo; libxl_domain_resume does not unpause either).
  */
 export function planResume(domid: number, info: DomainInfo | undefined): ResumePlan {
   if (info === undefined) throw new DomainError('not-found', domid, 'resume', 'no such domain');
@@ -125,5 +126,5 @@ export function planResume(domid: number, info: DomainInfo | undefined): ResumeP
       `domain is shut down (${info.shutdownReason ?? 'unknown'}), not suspended`,
     );
   }
-  return info.paused ? 'unpause' : 'nothing';
+  return 'nothing';
 }

@@ -30,7 +30,24 @@ export interface SuspendOptions {
   signal?: AbortSignal;
   /** After an abort, how long to watch for a guest that suspends anyway. Default 2000 ms. */
   cancelGraceMs?: number;
+  /**
+   * Called (and awaited) right before the request is made: before control/shutdown is written, or
+   * before xc_domain_shutdown for a guest without PV drivers. The caller records there that a
+   * request may be outstanding (a crash after it must withdraw it); a rejection stops the suspend
+   * with nothing asked.
+   */
+  onRequest?: (how: SuspendMethod) => Promise<void>;
 }
+
+/** How a suspend is asked: through the guest's control/shutdown node, or of the hypervisor. */
+export type SuspendMethod = 'pv-control' | 'hypervisor';
+
+/** What withdrawing a suspend request found. */
+export type WithdrawOutcome =
+  /** control/shutdown said "suspend" and now says "" (in one transaction): the guest never acked. */
+  | 'withdrawn'
+  /** It said something else (acked, never written, already withdrawn): the guest may have acked. */
+  | 'not-pending';
 
 export interface ResumeOptions {
   /** Cooperative resume (suspend cancel); only where the guest supports it. Default: true, then slow on failure. */
@@ -49,8 +66,16 @@ export interface DomainControl {
   unpause(domid: number): Promise<void>;
   /** libxl's algorithm; rejects with a DomainError naming the step that failed. */
   suspend(domid: number, opts?: SuspendOptions): Promise<void>;
-  /** xc_domain_resume + XS_RESUME + unpause. Idempotent on a running domain. */
+  /**
+   * A domain shut down with reason suspend: xc_domain_resume + XS_RESUME. Anything else: nothing.
+   * Never touches the controller pause count (whoever paused a domain unpauses it).
+   */
   resume(domid: number, opts?: ResumeOptions): Promise<void>;
+  /**
+   * Withdraws a suspend request a guest has not acked (control/shutdown "suspend" -> "", in a
+   * transaction that re-reads it), e.g. one a crashed agent left behind. Writes nothing otherwise.
+   */
+  withdrawSuspend(domid: number): Promise<WithdrawOutcome>;
   /** Resolves when the domain is seen shut down with reason suspend; rejects on timeout or when it is gone. */
   waitForSuspended(domid: number, timeoutMs: number): Promise<void>;
   /** Domain lifecycle events (driven by @releaseDomain). Returns an unsubscribe function. */

@@ -2,7 +2,13 @@
 // writable by no other domain, validates them, starts one JobRun per domain under global limits,
 // routes controls, and applies the recovery table to jobs a previous agent left behind.
 import type { DevMigrateConfig } from '../config/schema.js';
-import { BackendIndex, discoverDevices, ownedOnlyBy, trustedDomainName } from '../devices/discovery.js';
+import {
+  BackendIndex,
+  discoverDevices,
+  ownedOnlyBy,
+  trustedDomainName,
+  type DiscoveredDevice,
+} from '../devices/discovery.js';
 import { DeviceRegistry } from '../devices/registry.js';
 import type { Logger } from '../devices/types.js';
 import type { DomainControl } from '../domains/types.js';
@@ -10,12 +16,27 @@ import { isXsErrno } from '../xenstore/errors.js';
 import type { Perm, Watch, XenStore, XsOps } from '../xenstore/types.js';
 import { JobValidationError, oneLine } from './errors.js';
 import { parseDomid, validateRequest, type JobRequest } from './job-schema.js';
-import { JobRun, type JobStart } from './job-run.js';
+import type { JobRunEvent } from './job-events.js';
+import { JobRun, type JobStart, type PersistedFacts } from './job-run.js';
 import { JobWriter } from './job-writer.js';
 import { domidOfKey, withLogContext } from './log-context.js';
-import { classifyJobPath, JOBS, jobPath, PROTOCOL_VERSION, PROTOCOL_VERSION_PATH, ROOT } from './paths.js';
+import {
+  classifyJobPath,
+  HOLDING,
+  holdingPath,
+  holdingToolPath,
+  JOBS,
+  parseHolding,
+  jobPath,
+  PROTOCOL_VERSION,
+  PROTOCOL_VERSION_PATH,
+  ROOT,
+} from './paths.js';
 import { Semaphore } from './semaphore.js';
+import { bounded } from './domain-recovery.js';
+import { formatSuspendRequest, parseSuspendRequest } from './recovery-decision.js';
 import { isControl, isJobState, isTerminal, recoveryAction, type JobState } from './state-machine.js';
+import { procTable, type ProcessTable } from './tool-processes.js';
 
 export interface EngineOptions {
   xs: XenStore;
@@ -23,7 +44,12 @@ export interface EngineOptions {
   config: DevMigrateConfig;
   log: Logger;
   registry?: DeviceRegistry;
+  /** Timing marks of every job (job-events.ts markOf): suspended, synced, done-visible, finished, phase-start/end. */
   onMark?(domid: number, mark: string, atMs: number): void;
+  /** Every job's typed events (state changes, phases, device operations, suspended/resumed). */
+  onJobEvent?(ev: JobRunEvent): void;
+  /** The host's process table (default: /proc); a crashed predecessor's tools are stopped through it. */
+  processes?: ProcessTable;
 }
 
 /** Nodes the agent writes in a job dir; cleared when a new request replaces a finished job. */
@@ -40,12 +66,19 @@ const AGENT_NODES = [
   'accepted-mode',
   'control',
   'source',
+  'suspend-request',
 ];
 
 /** States after the domain was suspended: a draining agent lets these finish within its bound. */
 const PAST_SUSPENSION: ReadonlySet<string> = new Set(['post-suspend', 'post-suspended', 'syncing']);
 /** Of a drain's bound, the part kept for aborting and recovering what did not finish, at most. */
 const DRAIN_RECOVERY_RESERVE_MS = 10_000;
+/** Examinations of a job that failed (XenStore or hypervisor errors) are tried again this often. */
+const EXAMINE_RETRIES = 8;
+/** Bound on a call into the domain layer made while examining a job. */
+const DOMAIN_CALL_MS = 10_000;
+/** Device discovery attempts (a transient XenStore error must not decide a job). */
+const DISCOVERY_ATTEMPTS = 3;
 
 export interface EngineDrainResult {
   /** Jobs that reached `done` during the drain. */
@@ -74,12 +107,16 @@ interface Snapshot {
   dirTrusted: boolean;
   /** Every node read (directory, request, each field, control, and the agent's own state nodes). */
   trusted: boolean;
-  /** The agent's own nodes (state, accepted-id, suspended-by) are dom0's alone: they may decide a recovery. */
+  /** The agent's own nodes (state, accepted-id, suspended-by, suspend-request, source) are dom0's alone: they may decide a recovery. */
   agentNodesTrusted: boolean;
   untrustedWhy?: string;
   state?: string;
   acceptedId?: string;
   suspendedBy?: string;
+  /** suspend-request (the agent's own suspend request a guest may still act on). */
+  suspendRequest?: string;
+  /** source (gone: the toolstack destroyed the source after its suspend). */
+  source?: string;
   control?: string;
   fields: Map<string, string>;
 }
@@ -155,6 +192,8 @@ export class MigrationEngine {
       await tx.setPerms(ROOT, [{ domid: 0, access: 'n' }]);
       await tx.mkdir(JOBS);
       await tx.setPerms(JOBS, [{ domid: 0, access: 'n' }]);
+      await tx.mkdir(HOLDING);
+      await tx.setPerms(HOLDING, [{ domid: 0, access: 'n' }]);
       await tx.write(PROTOCOL_VERSION_PATH, String(PROTOCOL_VERSION));
     });
     this.unsubscribe = this.domains.onEvent((ev) => {
@@ -288,15 +327,20 @@ export class MigrationEngine {
   /** Resolves when the run ended, or reached `done` (then detached: the toolstack's turn). */
   private settledForDrain(run: JobRun, cleanup: (() => void)[]): Promise<void> {
     return new Promise<void>((resolve) => {
-      // JobRun has no state events; a light check while draining only (bounded by the drain).
-      const t = setInterval(() => {
-        if (run.state === 'done') run.detach();
-      }, 50);
+      const atDone = (): void => {
+        if (run.state !== 'done') return;
+        run.detach();
+        end();
+      };
+      const unsubscribe = run.subscribe((ev) => {
+        if (ev.type === 'state') atDone();
+      });
       const end = (): void => {
-        clearInterval(t);
+        unsubscribe();
         resolve();
       };
       cleanup.push(end);
+      atDone();
       void run.finished.then(end);
     });
   }
@@ -333,7 +377,7 @@ export class MigrationEngine {
     }
     if (c.node === 'agent') return;
     if (c.node === 'control') {
-      const domid = /^[0-9]+$/.test(c.key) ? Number(c.key) : -1;
+      const domid = domidOfKey(c.key) ?? -1;
       if (this.jobs.has(domid)) {
         void this.readControl(domid);
         return;
@@ -342,16 +386,72 @@ export class MigrationEngine {
     this.schedule(c.key);
   }
 
+  /** Examines every job (at start and after a reconnection); a failed listing is tried again. */
   private async scanAll(): Promise<void> {
-    let keys: string[];
-    try {
-      this.readOps += 1;
-      keys = await this.xs.directory(JOBS);
-    } catch (err) {
-      this.log.error(`cannot list ${JOBS}: ${(err as Error).message}`);
+    for (let attempt = 1; !this.stopped; attempt++) {
+      try {
+        await this.restoreHeld();
+        this.readOps += 1;
+        const keys = await this.xs.directory(JOBS);
+        for (const k of keys) this.schedule(k);
+        return;
+      } catch (err) {
+        // Jobs a crashed agent left have no other event to be found by: keep looking, slower.
+        this.log.error(`cannot list ${JOBS} (attempt ${attempt}): ${(err as Error).message}`);
+        await new Promise((r) => setTimeout(r, Math.min(5000, 200 * attempt)));
+      }
+    }
+  }
+
+  /**
+   * The agent's holding records (holding/<domid> = job id: a job of an agent may hold the domain
+   * suspended, or with a request pending). A record whose job still has its nodes is left to them
+   * (and dropped once the job ended); one whose job directory was removed (or replaced) while no
+   * agent ran gets the job's recovery facts written again, so that the job is recovered as any a
+   * crashed agent left: the domain is never left suspended because its requester removed a node.
+   */
+  private async restoreHeld(): Promise<void> {
+    const held = await this.xs
+      .directory(HOLDING)
+      .catch((err: unknown) => (isXsErrno(err, 'ENOENT') ? [] : Promise.reject(err)));
+    this.readOps += 1;
+    for (const key of held) {
+      const domid = domidOfKey(key);
+      if (domid !== undefined) await this.restoreHeldJob(domid);
+    }
+  }
+
+  /** restoreHeld for one domain (also when its job directory disappears with no run in memory). */
+  private async restoreHeldJob(domid: number): Promise<void> {
+    const path = holdingPath(domid);
+    const [value, perms, state, accepted] = await Promise.all([
+      this.xs.tryRead(path),
+      permsOrUndefined(this.xs, path),
+      this.xs.tryRead(`${jobPath(domid)}/state`),
+      this.xs.tryRead(`${jobPath(domid)}/accepted-id`),
+    ]);
+    this.readOps += 4;
+    const held = value === undefined ? undefined : parseHolding(value);
+    if (held === undefined || perms === undefined || !ownedOnlyBy(perms, 0)) return;
+    if (state !== undefined && accepted === held.jobId) {
+      if (isJobState(state) && (isTerminal(state) || state === 'done'))
+        await this.xs.rm(path).catch(() => undefined);
       return;
     }
-    for (const k of keys) this.schedule(k);
+    this.jlog(domid).warn(
+      `job ${domid}: its directory was removed (or replaced) while no agent ran it, and job ${held.jobId} had changed something: recovering it`,
+    );
+    await this.writerFor(domid).persist({
+      state: 'recovering',
+      'accepted-id': held.jobId,
+      'suspended-by': held.suspendedBy,
+      // Whether a suspend request was made is unknown: withdrawn and watched, to be safe.
+      'suspend-request':
+        held.suspendedBy === 'agent'
+          ? formatSuspendRequest({ kind: 'requested', at: Date.now() })
+          : undefined,
+      error: 'the job directory was removed while no agent ran it',
+    });
   }
 
   /** Examines a job key; events arriving meanwhile cause one more pass, never a parallel one. */
@@ -379,14 +479,41 @@ export class MigrationEngine {
           this.handled.delete(key);
           const n = (this.retries.get(key) ?? 0) + 1;
           this.retries.set(key, n);
-          if (n <= 5 && !this.stopped) {
+          if (n <= EXAMINE_RETRIES && !this.stopped) {
             const t = setTimeout(() => this.schedule(key), 200 * n);
             t.unref();
-          } else this.retries.delete(key);
+          } else {
+            this.retries.delete(key);
+            if (!this.stopped) await this.answerUnexamined(key, err);
+          }
         }
       } while (entry.again && !this.stopped);
       this.examining.delete(key);
     })();
+  }
+
+  /**
+   * The examinations of a job kept failing: a new request (no state yet, no job in memory) is
+   * answered with the error, so that no requester waits forever; anything else is left to the
+   * next event or agent (best effort: XenStore itself may be what fails).
+   */
+  private async answerUnexamined(key: string, err: unknown): Promise<void> {
+    const domid = domidOfKey(key);
+    if (domid !== undefined && this.jobs.has(domid)) return;
+    try {
+      const state = await this.xs.tryRead(`${jobPath(key)}/state`);
+      const perms = await permsOrUndefined(this.xs, jobPath(key));
+      this.readOps += 2;
+      if (state !== undefined || perms === undefined || !ownedOnlyBy(perms, 0)) return;
+      await this.fail(
+        key,
+        `the request could not be examined: ${oneLine((err as Error).message)}`,
+        undefined,
+        false,
+      );
+    } catch (e) {
+      this.jlog(key).error(`job ${key}: cannot answer the request: ${(e as Error).message}`);
+    }
   }
 
   /**
@@ -435,10 +562,12 @@ export class MigrationEngine {
         }
         return v;
       };
-      const [state, acceptedId, suspendedBy, names] = await Promise.all([
+      const [state, acceptedId, suspendedBy, suspendRequest, source, names] = await Promise.all([
         checked(`${base}/state`),
         checked(`${base}/accepted-id`),
         checked(`${base}/suspended-by`),
+        checked(`${base}/suspend-request`),
+        checked(`${base}/source`),
         count(
           tx
             .directory(`${base}/request`)
@@ -449,6 +578,8 @@ export class MigrationEngine {
       if (state !== undefined) snap.state = state;
       if (acceptedId !== undefined) snap.acceptedId = acceptedId;
       if (suspendedBy !== undefined) snap.suspendedBy = suspendedBy;
+      if (suspendRequest !== undefined) snap.suspendRequest = suspendRequest;
+      if (source !== undefined) snap.source = source;
       if (names.length > 0) {
         const reqPerms = await count(tx.getPerms(`${base}/request`));
         if (!ownedOnlyBy(reqPerms, 0)) untrusted(`${base}/request`, reqPerms);
@@ -482,14 +613,19 @@ export class MigrationEngine {
 
   private async examine(key: string): Promise<void> {
     const snap = await this.snapshot(key);
-    const domidMaybe = /^[0-9]{1,5}$/.test(key) ? Number(key) : undefined;
+    const domidMaybe = domidOfKey(key);
     const inMem = domidMaybe !== undefined ? this.jobs.get(domidMaybe) : undefined;
     if (!snap.exists) {
       if (inMem !== undefined && !isTerminal(inMem.state) && inMem.state !== 'done') {
+        // Its nodes reappear whole in a new directory (or not at all, if the agent dies first).
+        this.writerFor(inMem.domid).writeTogether();
         inMem.abort('abort', 'job directory removed by the requester');
       } else if (inMem !== undefined) {
         inMem.detach();
         this.jobs.delete(inMem.domid);
+      } else if (domidMaybe !== undefined && this.accepting) {
+        // No run of ours: a job of a crashed agent may have held the domain.
+        await this.restoreHeldJob(domidMaybe);
       }
       this.handled.delete(key);
       return;
@@ -498,7 +634,19 @@ export class MigrationEngine {
       await this.untrustedJob(key, snap, inMem);
       return;
     }
-    if (snap.fields.size === 0) return; // no request (yet)
+    if (snap.fields.size === 0) {
+      // No request: a new job not written yet -- or the nodes of a job whose directory the
+      // requester removed while it ran (the agent writes them anew). If its agent crashed, the
+      // recovery table still applies, from the agent's own (trusted) nodes.
+      const left = snap.state !== undefined && isJobState(snap.state) ? snap.state : undefined;
+      if (left !== undefined && inMem === undefined && !isTerminal(left)) {
+        const fp = `orphan:${left}`;
+        if (this.handled.get(key) === fp) return;
+        this.handled.set(key, fp);
+        await this.recoverOrphan(key, left, snap);
+      }
+      return;
+    }
     const fingerprint =
       JSON.stringify([...snap.fields].sort()) + `|${snap.state ?? ''}|${snap.acceptedId ?? ''}`;
     if (this.handled.get(key) === fingerprint) return;
@@ -554,7 +702,7 @@ export class MigrationEngine {
     this.handled.set(key, fp);
     this.jlog(key).warn(`job ${key} ignored: ${why}`);
     if (!snap.dirTrusted) return; // cannot be marked safely: writing into a guest's directory is its game
-    const domid = /^[0-9]{1,5}$/.test(key) ? Number(key) : undefined;
+    const domid = domidOfKey(key);
     if (inMem !== undefined && !isTerminal(inMem.state)) {
       if (domid !== undefined)
         await this.writerFor(domid).persist({ 'refused-request': oneLine(`request ignored: ${why}`) });
@@ -581,7 +729,9 @@ export class MigrationEngine {
     if (clear) for (const n of AGENT_NODES) nodes[n] = undefined;
     Object.assign(nodes, { state: 'failed', error: oneLine(error), recovered: '1' });
     if (id !== undefined && /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/.test(id)) nodes['accepted-id'] = id;
-    const w = /^[0-9]{1,5}$/.test(key) ? this.writerFor(Number(key)) : this.writerFor(key);
+    // A key that is not a canonical domid ("05") is answered in its own directory, never an alias.
+    const domid = domidOfKey(key);
+    const w = domid !== undefined ? this.writerFor(domid) : this.writerFor(key);
     await w.persist(nodes);
   }
 
@@ -599,15 +749,18 @@ export class MigrationEngine {
       }
       throw err;
     }
-    const info = await this.domains.info(domid).catch(() => undefined);
+    // An error is no answer (the examination is tried again); only "no such domain" is one.
+    const info = await bounded(this.domains.info(domid), DOMAIN_CALL_MS, `domain ${domid} info`);
     if (info === undefined || info.dying) {
       await this.fail(key, `domain ${domid} does not exist`, request.id, replacing);
       return;
     }
     const writer = this.writerFor(domid);
+    writer.writeSeparately();
     this.handled.set(key, 'accepted:' + request.id);
-    const run = await this.buildRun(domid, request, writer);
-    if (run === undefined) return;
+    const built = await this.buildRun(domid, request, writer, 'new');
+    if (built === undefined) return;
+    const run = built.run;
     // In memory before `accepted` is visible: a requester's control right after it finds the job.
     this.jobs.set(domid, run);
     const accept: Record<string, string | undefined> = {};
@@ -618,39 +771,67 @@ export class MigrationEngine {
     await this.readControl(domid);
   }
 
-  private async buildRun(domid: number, request: JobRequest, writer: JobWriter): Promise<JobRun | undefined> {
-    let run: JobRun;
+  /**
+   * The job's run, with its devices found from the backends (tried again on a transient error).
+   * A new job whose devices cannot be found fails (nothing was changed: recovered=1); one a
+   * crashed agent left is still recovered (its domain above all), but without its devices it
+   * cannot end recovered=1: devicesUnknown says why.
+   */
+  private async buildRun(
+    domid: number,
+    request: JobRequest,
+    writer: JobWriter,
+    purpose: 'new' | 'recover',
+  ): Promise<{ run: JobRun; devicesUnknown?: string } | undefined> {
     // The run keeps the registry (and config) it started with, whatever a reload brings later.
     const registry = this.registry;
-    try {
-      const found = await discoverDevices(this.xs, domid, this.index, this.registry, this.log);
-      this.readOps += found.ops;
-      const needsName = found.devices.some((d) => this.registry.usesTool(d.ref.type));
-      const name = needsName ? await trustedDomainName(this.xs, domid, this.log) : undefined;
-      if (needsName) this.readOps += 4;
-      run = new JobRun(
-        domid,
-        request,
-        found.devices,
-        {
-          domains: this.domains,
-          config: this.config,
-          log: this.log,
-          jobSlots: this.jobSlots,
-          deviceSlots: this.deviceSlots,
-          writer,
-          deviceTimeoutMs: (t) => registry.deviceTimeoutMs(t),
-          ...(this.opts.onMark !== undefined ? { onMark: this.opts.onMark } : {}),
-        },
-        name,
-      );
-    } catch (err) {
-      const msg = oneLine(`device discovery failed: ${(err as Error).message}`);
-      this.jlog(domid).error(`job ${domid}: ${msg}`);
-      await writer.persist({ state: 'failed', error: msg, recovered: '1' });
-      return undefined;
+    let devices: DiscoveredDevice[] = [];
+    let name: string | undefined;
+    let devicesUnknown: string | undefined;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const found = await discoverDevices(this.xs, domid, this.index, registry, this.log);
+        this.readOps += found.ops;
+        devices = found.devices;
+        const needsName = devices.some((d) => registry.usesTool(d.ref.type));
+        name = needsName ? await trustedDomainName(this.xs, domid, this.log) : undefined;
+        if (needsName) this.readOps += 4;
+        break;
+      } catch (err) {
+        if (attempt < DISCOVERY_ATTEMPTS) {
+          await new Promise((r) => setTimeout(r, 100 * attempt));
+          continue;
+        }
+        const msg = oneLine(`device discovery failed: ${(err as Error).message}`);
+        this.jlog(domid).error(`job ${domid}: ${msg}`);
+        if (purpose === 'new') {
+          await writer.persist({ state: 'failed', error: msg, recovered: '1' });
+          return undefined;
+        }
+        devicesUnknown = msg;
+        devices = [];
+        break;
+      }
     }
-    return run;
+    const run = new JobRun(
+      domid,
+      request,
+      devices,
+      {
+        domains: this.domains,
+        config: this.config,
+        log: this.log,
+        jobSlots: this.jobSlots,
+        deviceSlots: this.deviceSlots,
+        writer,
+        deviceTimeoutMs: (t) => registry.deviceTimeoutMs(t),
+        processes: this.opts.processes ?? procTable,
+        ...(this.opts.onMark !== undefined ? { onMark: this.opts.onMark } : {}),
+        ...(this.opts.onJobEvent !== undefined ? { onEvent: this.opts.onJobEvent } : {}),
+      },
+      name,
+    );
+    return devicesUnknown !== undefined ? { run, devicesUnknown } : { run };
   }
 
   private launch(run: JobRun, start: JobStart): void {
@@ -697,6 +878,42 @@ export class MigrationEngine {
     }
   }
 
+  /**
+   * The tool processes a crashed predecessor recorded for the job's devices (holding/<domid>/tools,
+   * "type/devid" -> record). Only records owned by dom0 and writable by no other domain count: a
+   * forged one must never make the agent signal a process.
+   */
+  private async toolRecords(domid: number): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
+    const base = `${holdingPath(domid)}/tools`;
+    const list = (p: string): Promise<string[]> =>
+      this.xs.directory(p).catch((err: unknown) => (isXsErrno(err, 'ENOENT') ? [] : Promise.reject(err)));
+    for (const type of await list(base)) {
+      for (const devid of await list(`${base}/${type}`)) {
+        const path = holdingToolPath(domid, type, devid);
+        const [v, perms] = await Promise.all([this.xs.tryRead(path), permsOrUndefined(this.xs, path)]);
+        this.readOps += 2;
+        if (v !== undefined && perms !== undefined && ownedOnlyBy(perms, 0)) out.set(`${type}/${devid}`, v);
+      }
+    }
+    return out;
+  }
+
+  /** toolRecords, tried again on an error; the reason when they cannot be read. */
+  private async toolRecordsOrWhy(domid: number): Promise<Map<string, string> | string> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.toolRecords(domid);
+      } catch (err) {
+        if (attempt >= DISCOVERY_ATTEMPTS)
+          return oneLine(
+            `the tool records of the previous agent could not be read: ${(err as Error).message}`,
+          );
+        await new Promise((r) => setTimeout(r, 100 * attempt));
+      }
+    }
+  }
+
   /** The recovery table applied to a job found in XenStore with no JobRun in memory. */
   private async recoverOrphan(key: string, state: JobState, snap: Snapshot): Promise<void> {
     if (!this.accepting) return; // the next agent applies the recovery table
@@ -711,9 +928,10 @@ export class MigrationEngine {
       domid = parseDomid(key);
       request = validateRequest(snap.fields);
     } catch (err) {
-      if (action === 'recover' || action === 'adopt') {
+      const known = domidOfKey(key);
+      if ((action === 'recover' || action === 'adopt') && known !== undefined) {
         // Without a valid request we still know the domain: recover what we can.
-        domid = Number(key);
+        domid = known;
         request = {
           id: snap.acceptedId ?? 'unknown',
           target: 'localhost',
@@ -722,7 +940,6 @@ export class MigrationEngine {
           suspend: 'agent',
           live: true,
         };
-        if (!Number.isInteger(domid) || domid <= 0) return;
       } else {
         await this.fail(key, (err as Error).message, snap.acceptedId, false);
         return;
@@ -742,19 +959,33 @@ export class MigrationEngine {
         return;
       case 'recover':
       case 'adopt': {
-        const exists = (await this.domains.info(domid).catch(() => undefined)) !== undefined;
-        if (action === 'adopt' && !exists) return; // done and the source is gone: migration complete
-        const run = await this.buildRun(domid, request, writer);
-        if (run === undefined) return;
+        // done and the source is gone: the migration is complete. (An info error is no answer:
+        // the job is adopted, so that recover/abort are still served.)
+        const gone = await bounded(this.domains.info(domid), DOMAIN_CALL_MS, `domain ${domid} info`).then(
+          (i) => i === undefined,
+          () => false,
+        );
+        if (action === 'adopt' && gone) return;
+        const built = await this.buildRun(domid, request, writer, 'recover');
+        if (built === undefined) return;
+        const run = built.run;
+        const persisted: PersistedFacts = {
+          suspendedBy:
+            snap.suspendedBy === 'agent' || snap.suspendedBy === 'toolstack' ? snap.suspendedBy : undefined,
+          request: parseSuspendRequest(snap.suspendRequest, Date.now()),
+          sourceGone: snap.source === 'gone',
+          tools: new Map(),
+          ...(built.devicesUnknown !== undefined ? { devicesUnknown: built.devicesUnknown } : {}),
+        };
+        if (action === 'recover') {
+          // No device may be recovered while a tool of the previous agent may still run for it.
+          const tools = await this.toolRecordsOrWhy(domid);
+          if (typeof tools === 'string') persisted.toolsUnknown = tools;
+          else persisted.tools = tools;
+        }
         this.launch(
           run,
-          action === 'adopt'
-            ? { kind: 'adopt', ...(snap.suspendedBy !== undefined ? { suspendedBy: snap.suspendedBy } : {}) }
-            : {
-                kind: 'recover',
-                from: state,
-                ...(snap.suspendedBy !== undefined ? { suspendedBy: snap.suspendedBy } : {}),
-              },
+          action === 'adopt' ? { kind: 'adopt', persisted } : { kind: 'recover', from: state, persisted },
         );
         return;
       }

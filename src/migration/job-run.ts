@@ -1,25 +1,54 @@
 // One job: drives its devices through the phases (all devices of a phase at once, each bounded),
 // suspends or waits for the suspend, and on failure or abort recovers the devices (furthest
-// phase first) and resumes the domain if the agent suspended it. Every state change goes
-// through the pure state machine and is persisted before the work of the new state starts.
+// phase first) and then carries out the recovery decision for the domain (recovery-decision.ts).
+// What the job knows is `facts` (each persisted, or derived from what is); what happens is told
+// through typed events (job-events.ts). Every state change goes through the pure state machine
+// and is persisted before the work of the new state starts.
 import { setMaxListeners } from 'node:events';
 import type { DevMigrateConfig } from '../config/schema.js';
 import type { DiscoveredDevice } from '../devices/discovery.js';
-import { DeviceOpError, type JobContext, type Logger, type OpContext } from '../devices/types.js';
-import { SuspendCancelledError } from '../domains/errors.js';
+import {
+  DeviceOpError,
+  type JobContext,
+  type Logger,
+  type OpContext,
+  type ToolTracking,
+} from '../devices/types.js';
+import { DomainError, SuspendCancelledError } from '../domains/errors.js';
 import type { DomainControl } from '../domains/types.js';
+import { ControlMailbox } from './control-mailbox.js';
+import {
+  bounded,
+  recoverDomain,
+  type DomainRecoveryDeps,
+  type DomainRecoveryResult,
+} from './domain-recovery.js';
 import { DomainGoneError, EngineTimeoutError, JobAbortedError, oneLine } from './errors.js';
-import type { JobRequest } from './job-schema.js';
-import { JobWriter } from './job-writer.js';
+import {
+  markOf,
+  type DeviceOpName,
+  type JobRunEvent,
+  type JobRunEventBody,
+  type JobRunListener,
+} from './job-events.js';
+import type { JobRequest, SuspendBy } from './job-schema.js';
+import type { JobWriter } from './job-writer.js';
 import { withLogContext } from './log-context.js';
-import type { Semaphore, Priority } from './semaphore.js';
+import { formatHolding, holdingPath, holdingToolPath } from './paths.js';
+import {
+  DEFAULT_RECOVERY_LIMITS,
+  formatSuspendRequest,
+  requestAfterSuspendFailure,
+  type SuspendRequestFact,
+} from './recovery-decision.js';
+import type { Priority, Semaphore } from './semaphore.js';
 import {
   allowedControls,
   isTerminal,
   lastPhaseOf,
-  SOURCE_MAY_LEAVE,
   nextAutoStep,
   PHASE_OF_STEP,
+  SOURCE_MAY_LEAVE,
   transition,
   type Control,
   type JobEvent,
@@ -27,6 +56,15 @@ import {
   type Phase,
   type Step,
 } from './state-machine.js';
+import {
+  formatToolProcess,
+  newToolToken,
+  parseToolProcess,
+  stopTool,
+  TOOL_TOKEN_ENV,
+  type ProcessTable,
+  type ToolProcessRecord,
+} from './tool-processes.js';
 
 export interface JobRunDeps {
   domains: DomainControl;
@@ -36,15 +74,72 @@ export interface JobRunDeps {
   deviceSlots: Semaphore;
   writer: JobWriter;
   deviceTimeoutMs(type: string): number;
-  /** Timing marks for benchmarks and tests: suspended, synced, finished. */
+  /** The host's processes: a crashed predecessor's tools are stopped through it. */
+  processes: ProcessTable;
+  /** Timing marks, derived from the events: suspended, synced, done-visible, finished, phase-start/end:<phase>. */
   onMark?(domid: number, mark: string, atMs: number): void;
+  onEvent?(ev: JobRunEvent): void;
 }
+
+/** Why a job stops short of `done`: the first cause wins. */
+export interface JobStop {
+  cause: 'abort' | 'error' | 'gone';
+  why: string;
+  /** When (epoch ms): a cancelled suspend's late-suspend watch is bounded from here. */
+  at: number;
+}
+
+/**
+ * Everything a job knows that decides what it does, each persisted (node in brackets) so that an
+ * agent restarted after a crash knows it too.
+ */
+export interface JobFacts {
+  /** [state] Where the job is. */
+  state: JobState;
+  /** [suspended-by] Who suspends the domain: written with `suspending`, before any suspend. */
+  suspendedBy: SuspendBy | undefined;
+  /** [suspend-request] The agent's own suspend request, while a guest may still act on it. */
+  request: SuspendRequestFact;
+  /** [source=gone] suspend=toolstack: the toolstack destroyed the source after its suspend. */
+  sourceGone: boolean;
+  /** [error, written with the state it leads to] The first reason to stop. */
+  stop: JobStop | undefined;
+  /** [devices/, read back after a crash] Why the devices could not be discovered (not recovered). */
+  devicesUnknown: string | undefined;
+  /** [holding/<domid>/tools, read back after a crash] Why a predecessor's tools are unknown (no device recovered). */
+  toolsUnknown: string | undefined;
+}
+
+/** What a restarted agent reads back from a job a predecessor left (engine.ts). */
+export interface PersistedFacts {
+  suspendedBy: SuspendBy | undefined;
+  request: SuspendRequestFact;
+  sourceGone: boolean;
+  /** devices/<type>/<devid>/tool-process values, by "type/devid". */
+  tools: ReadonlyMap<string, string>;
+  /** The devices could not be discovered (why): they cannot be recovered, the job ends recovered=0. */
+  devicesUnknown?: string;
+  /** The tool records could not be read (why): no device is recovered (a tool may still run). */
+  toolsUnknown?: string;
+}
+
+/** new: the engine persisted `accepted`; recover/adopt: per the recovery table after a restart. */
+export type JobStart =
+  | { kind: 'new' }
+  | { kind: 'recover'; from: JobState; persisted: PersistedFacts }
+  | { kind: 'adopt'; persisted: PersistedFacts };
 
 interface DeviceSlot {
   dev: DiscoveredDevice;
   /** Last mutating phase started on the device (recover is called with it). */
   lastPhase?: Phase;
   lastProgressWrite: number;
+  /** The device's tool processes now recorded (tool-process), normally at most one. */
+  tools: Set<ToolProcessRecord>;
+  /** A crashed predecessor's tool-process record: stopped before the device is recovered. */
+  predecessorTool?: string;
+  /** What the running operation last reported through progress() (the timeline's bytes). */
+  reported?: number;
 }
 
 type Outcome = { ok: true } | { ok: false; reason: string };
@@ -67,7 +162,7 @@ const PHASE_ORDER: readonly Phase[] = ['test', 'preSuspend', 'postSuspend', 'syn
  * guest that suspends anyway; the engine allows that plus a margin (the withdrawing transaction,
  * one info call) before it recovers without the call's answer.
  */
-const SUSPEND_CANCEL_GRACE_MS = 2000;
+export const SUSPEND_CANCEL_GRACE_MS = 2000;
 const SUSPEND_CANCEL_MARGIN_MS = 3000;
 
 function now(): number {
@@ -99,17 +194,6 @@ function untilAborted<T>(p: Promise<T>, signal: AbortSignal, graceMs: number): P
   });
 }
 
-/** Rejects with EngineTimeoutError(what, ms) unless p settles first: a bound on a call into another layer. */
-function bounded<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<never>((_, reject) => {
-      t = setTimeout(() => reject(new EngineTimeoutError(what, ms)), ms);
-    }),
-  ]).finally(() => clearTimeout(t));
-}
-
 /** True if p settled within ms (its outcome is not looked at). */
 async function settledWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
   let t: NodeJS.Timeout | undefined;
@@ -124,41 +208,52 @@ async function settledWithin(p: Promise<unknown>, ms: number): Promise<boolean> 
   return r;
 }
 
-/** new: the engine persisted `accepted`; recover/adopt: per the recovery table after a restart. */
-export type JobStart =
-  | { kind: 'new' }
-  | { kind: 'recover'; from: JobState; suspendedBy?: string }
-  | { kind: 'adopt'; suspendedBy?: string };
-
+/**
+ * A job's run. What it knows is `facts` (each persisted, or read back from what a predecessor
+ * persisted) and its devices' slots (the last phase each started, its recorded tools). The rest is
+ * plumbing, each piece derived from those or given by the engine: the stop signal (from
+ * facts.stop), the requester's mailbox (controls not yet taken), the job slot held (auto mode: the
+ * whole run; steps mode: until the job leaves the suspended window), the suspend call in flight,
+ * an outer bound on a late-suspend watch (drain, stop), `detached` (the agent let go of a done
+ * job), `handedOver` (the agent stopped before the recovery ended) and the write batching
+ * (deferred rest states, the suspend-request value last written).
+ */
 export class JobRun {
-  state: JobState = 'accepted';
+  private readonly f: JobFacts = {
+    state: 'accepted',
+    suspendedBy: undefined,
+    request: { kind: 'none' },
+    sourceGone: false,
+    stop: undefined,
+    devicesUnknown: undefined,
+    toolsUnknown: undefined,
+  };
   readonly devices: DeviceSlot[];
-  private abortCtl = new AbortController();
-  private abortCause: 'abort' | 'error' | 'gone' | undefined;
-  private abortWhy = '';
-  private weSuspended = false;
-  /** suspend=toolstack: the source was destroyed past the suspend (xl migrate's normal end). */
-  private sourceGone = false;
-  /** The agent's suspend call, settled or not: recovery waits for it before deciding to resume. */
-  private suspendCall: Promise<unknown> | undefined;
-  /** Set when the agent's suspend was cancelled after the guest acked and it had not suspended. */
-  private ackedNotSuspended = false;
-  /** When the job was aborted (epoch ms): a late suspend is watched for from here. */
-  private abortedAt: number | undefined;
-  /** An outer bound (epoch ms) on the late-suspend watch: a drain's or a stop's. */
+  /** Aborted with the first stop: cancels what runs (device ops, the suspend handshake, waits). */
+  private readonly stopCtl = new AbortController();
+  private readonly mailbox = new ControlMailbox();
+  private readonly listeners = new Set<JobRunListener>();
+  /** The job slot held: by auto mode for the whole run, by steps mode across the suspended window. */
+  private heldSlot: (() => void) | undefined;
+  /** The agent's suspend call, settled or not: the recovery lets it settle before deciding. */
+  private suspendCall: Promise<void> | undefined;
+  /** An outer bound (epoch ms) on a late-suspend watch (a drain's or a stop's), and the re-arm of a running one. */
   private watchLimit: number | undefined;
-  /** Re-arms a running late-suspend watch when watchLimit changes. */
-  private onWatchLimit: (() => void) | undefined;
+  private rearmWatch: (() => void) | undefined;
+  /** The agent stopped waiting on this job (shutdown of a done job): nothing more is written. */
   private detached = false;
-  private stepWaiter: ((c: Step) => void) | undefined;
-  /** A step control that arrived before the run loop waited for it (the requester is fast). */
-  private pendingStep: Step | undefined;
-  private lastControl: string | undefined;
+  /** The agent stopped before the recovery could end (drain, stop): left `recovering` for the next one. */
+  handedOver = false;
+  /** The suspend-request value last written (the node is rewritten only when the fact changes). */
+  private requestNode: string | undefined;
+  /** Rest states auto mode leaves at once, kept until the next write (one round trip less per phase). */
   private deferred: Record<string, string | undefined> = {};
+  private readonly timers: NodeJS.Timeout[] = [];
   private finishedResolve!: () => void;
   readonly finished: Promise<void>;
-  private timers: NodeJS.Timeout[] = [];
   private readonly ctxJob: JobContext;
+  /** Every line about this job carries { domid, job, phase } as metadata (phase = current state). */
+  private readonly log: Logger;
 
   constructor(
     readonly domid: number,
@@ -167,20 +262,48 @@ export class JobRun {
     private readonly deps: JobRunDeps,
     domainName: string | undefined,
   ) {
-    this.devices = devices.map((dev) => ({ dev, lastProgressWrite: 0 }));
+    this.devices = devices.map((dev) => ({ dev, lastProgressWrite: 0, tools: new Set() }));
     this.finished = new Promise((r) => (this.finishedResolve = r));
     // Every device op of a phase listens to the job's signal: many listeners are expected.
-    setMaxListeners(0, this.abortCtl.signal);
+    setMaxListeners(0, this.stopCtl.signal);
     this.ctxJob = { jobId: request.id, domid, target: request.target, live: request.live };
-    this.jobLog = withLogContext(deps.log, () => ({ domid, job: request.id, phase: this.state }));
+    this.log = withLogContext(deps.log, () => ({ domid, job: request.id, phase: this.f.state }));
     if (domainName !== undefined) this.ctxJob.domainName = domainName;
   }
 
-  /** Every line about this job carries { domid, job, phase } as metadata (phase = current state). */
-  private readonly jobLog: Logger;
+  get state(): JobState {
+    return this.f.state;
+  }
+  /** What the job knows (read only). */
+  get facts(): Readonly<JobFacts> {
+    return this.f;
+  }
+  get aborted(): boolean {
+    return this.f.stop !== undefined;
+  }
+  /** suspend=toolstack: the source was destroyed past the suspend; a `done` job then holds nothing. */
+  get sourceLeft(): boolean {
+    return this.f.sourceGone;
+  }
 
-  private get log(): Logger {
-    return this.jobLog;
+  /** Listens to the job's events; returns the unsubscribe function. */
+  subscribe(fn: JobRunListener): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  private emit(body: JobRunEventBody): void {
+    const ev: JobRunEvent = { ...body, domid: this.domid, atMs: now() };
+    const mark = markOf(body);
+    if (mark !== undefined) this.deps.onMark?.(this.domid, mark, ev.atMs);
+    this.deps.onEvent?.(ev);
+    for (const l of [...this.listeners]) l(ev);
+  }
+
+  private setState(next: JobState): void {
+    const from = this.f.state;
+    this.f.state = next;
+    if (from !== next) this.emit({ type: 'state', from, to: next });
   }
 
   /**
@@ -193,15 +316,23 @@ export class JobRun {
     extra: Record<string, string | undefined> = {},
     how: 'await' | 'defer' | 'background' = 'await',
   ): Promise<void> {
-    const next = transition(this.state, ev);
-    const line = `job ${this.domid} (${this.request.id}): ${this.state} -> ${next}`;
+    const next = transition(this.f.state, ev);
+    const line = `job ${this.domid} (${this.request.id}): ${this.f.state} -> ${next}`;
     // An outcome that needs a look stands out by level (docs/operations.md, "Log levels").
     const meta = { event: ev.type, ...(extra.error !== undefined ? { error: extra.error } : {}) };
     if (next === 'failed') this.log.error(line, meta);
     else if (next === 'aborted' || next === 'refused') this.log.warn(line, meta);
     else this.log.info(line, meta);
-    this.state = next;
-    const nodes = { ...this.deferred, ...extra, state: next };
+    this.setState(next);
+    const nodes: Record<string, string | undefined> = {
+      ...this.deferred,
+      ...(next === 'recovering' ? this.recoveryNodes() : {}),
+      ...extra,
+      state: next,
+    };
+    // The agent's holding record goes with the job's end (or its hand-over to the toolstack).
+    if (isTerminal(next) || next === 'done') nodes[holdingPath(this.domid)] = undefined;
+    if ('suspend-request' in nodes) this.requestNode = nodes['suspend-request'];
     if (how === 'defer') {
       this.deferred = nodes;
       return;
@@ -213,52 +344,74 @@ export class JobRun {
   }
 
   /**
+   * Every fact an agent restarted after a crash needs to recover the job, written with the move to
+   * `recovering`: they may be gone (a requester removing a running job's directory removes them;
+   * the agent then writes its nodes anew).
+   */
+  private recoveryNodes(): Record<string, string | undefined> {
+    const nodes: Record<string, string | undefined> = {
+      'accepted-id': this.request.id,
+      'accepted-mode': this.request.mode,
+      'suspend-request': formatSuspendRequest(this.f.request),
+      // Again after `done` (the toolstack's recover), which had ended the record.
+      [holdingPath(this.domid)]: formatHolding(this.request.id, this.f.suspendedBy),
+    };
+    if (this.f.suspendedBy !== undefined) nodes['suspended-by'] = this.f.suspendedBy;
+    if (this.f.sourceGone) nodes.source = 'gone';
+    return nodes;
+  }
+
+  /** Writes suspend-request when the fact changed since it was last written. */
+  private async syncRequestNode(): Promise<void> {
+    const v = formatSuspendRequest(this.f.request);
+    if (v === this.requestNode) return;
+    this.requestNode = v;
+    await this.deps.writer.persist({ 'suspend-request': v });
+  }
+
+  /**
    * Inside the suspended window of auto mode (post-suspend .. syncing) every state has the same
    * recovery action (recover + resume), so its write need not hold up the devices.
    */
   private inWindow(): boolean {
-    return this.request.mode === 'auto' && (this.state === 'post-suspend' || this.state === 'post-suspended');
+    return (
+      this.request.mode === 'auto' && (this.f.state === 'post-suspend' || this.f.state === 'post-suspended')
+    );
   }
 
   /** Requester's control. Returns why it was refused, or undefined when taken. */
   control(value: Control): string | undefined {
     // The same step written twice, or seen twice (event + re-read), is one request.
-    if (value === this.lastControl && value !== 'abort' && value !== 'recover') return undefined;
-    const allowed = allowedControls(this.state, this.request.mode);
+    if (!this.mailbox.isNew(value)) return undefined;
+    const allowed = allowedControls(this.f.state, this.request.mode);
     if (!allowed.includes(value))
-      return `${value} is not allowed in state ${this.state} (allowed: ${allowed.join(', ') || 'none'})`;
+      return `${value} is not allowed in state ${this.f.state} (allowed: ${allowed.join(', ') || 'none'})`;
     if (value === 'abort' || value === 'recover') {
       this.abort('abort', `${value} requested`);
       return undefined;
     }
-    this.lastControl = value;
-    const w = this.stepWaiter;
-    if (w === undefined) {
-      this.pendingStep = value;
-      return undefined;
-    }
-    this.stepWaiter = undefined;
-    w(value);
+    this.mailbox.offer(value);
     return undefined;
   }
 
   /** Aborts what runs now; the run loop then recovers. The first cause wins. */
-  abort(cause: 'abort' | 'error' | 'gone', why: string): void {
-    if (this.abortCause !== undefined || isTerminal(this.state)) return;
-    if (cause === 'gone' && this.request.suspend === 'toolstack' && SOURCE_MAY_LEAVE.includes(this.state)) {
+  abort(cause: JobStop['cause'], why: string): void {
+    if (this.f.stop !== undefined || isTerminal(this.f.state)) return;
+    if (cause === 'gone' && this.request.suspend === 'toolstack' && SOURCE_MAY_LEAVE.includes(this.f.state)) {
       this.onSourceGone();
       return;
     }
-    if (this.sourceGone)
+    if (this.f.sourceGone)
       why = `${why}; domain ${this.domid} has left this host (destroyed by the toolstack after its suspend), nothing to resume here`;
-    this.abortCause = cause;
-    this.abortWhy = why;
-    this.abortedAt = Date.now();
-    this.abortCtl.abort(cause === 'gone' ? new DomainGoneError(this.domid) : new JobAbortedError(why));
-    const w = this.stepWaiter;
-    this.stepWaiter = undefined;
+    this.f.stop = { cause, why, at: Date.now() };
+    this.stopCtl.abort(cause === 'gone' ? new DomainGoneError(this.domid) : new JobAbortedError(why));
     // Wakes a steps-mode job waiting for a control, or a done job waiting for recover.
-    if (w !== undefined) w('test');
+    this.mailbox.wake();
+  }
+
+  /** A failure of the job's own work: it recovers next (what runs has already settled). */
+  private failWith(why: string): void {
+    this.f.stop ??= { cause: 'error', why, at: Date.now() };
   }
 
   /**
@@ -267,9 +420,9 @@ export class JobRun {
    * running phases finish within their bounds; there is nothing left to resume whatever happens.
    */
   private onSourceGone(): void {
-    if (this.sourceGone) return;
-    transition(this.state, { type: 'source-gone' }); // the state stays; throws if not allowed
-    this.sourceGone = true;
+    if (this.f.sourceGone) return;
+    transition(this.f.state, { type: 'source-gone' }); // the state stays; throws if not allowed
+    this.f.sourceGone = true;
     this.log.info(`job ${this.domid}: the toolstack destroyed the source domain; the devices finish`, {
       event: 'source-gone',
     });
@@ -283,28 +436,18 @@ export class JobRun {
    */
   limitWatch(untilMs: number): void {
     this.watchLimit = Math.min(this.watchLimit ?? Infinity, untilMs);
-    this.onWatchLimit?.();
+    this.rearmWatch?.();
   }
 
   /** Stops waiting (agent shutdown of a done job) without touching the job's nodes. */
   detach(): void {
     this.detached = true;
-    const w = this.stepWaiter;
-    this.stepWaiter = undefined;
-    if (w !== undefined) w('test');
-  }
-
-  /** suspend=toolstack: the source was destroyed past the suspend; a `done` job then holds nothing. */
-  get sourceLeft(): boolean {
-    return this.sourceGone;
-  }
-
-  get aborted(): boolean {
-    return this.abortCause !== undefined;
+    this.mailbox.wake();
   }
 
   /** Runs the whole job; never rejects. */
   async run(start: JobStart = { kind: 'new' }): Promise<void> {
+    this.emit({ type: 'run-start', start: start.kind });
     try {
       if (this.request.deadlineSec !== undefined) {
         const t = setTimeout(
@@ -314,112 +457,157 @@ export class JobRun {
         this.timers.push(t);
       }
       if (start.kind === 'recover') {
-        this.state = start.from;
-        this.weSuspended = start.suspendedBy === 'agent';
+        this.f.state = start.from;
+        this.adopt(start.persisted);
         const phase = lastPhaseOf(start.from) ?? 'sync';
         for (const d of this.devices) d.lastPhase = phase;
-        this.abortCause = 'error';
-        this.abortWhy = `agent restarted while the job was ${start.from}`;
-        await this.recoverAll();
+        this.f.stop = {
+          cause: 'error',
+          why: `agent restarted while the job was ${start.from}`,
+          at: Date.now(),
+        };
+        await this.recover();
         return;
       }
       if (start.kind === 'adopt') {
-        this.state = 'done';
-        this.weSuspended = start.suspendedBy === 'agent';
+        this.f.state = 'done';
+        this.adopt(start.persisted);
         for (const d of this.devices) d.lastPhase = 'sync';
       }
       await this.drive();
     } catch (err) {
       this.log.error(`job ${this.domid}: internal error: ${(err as Error).stack ?? String(err)}`);
-      if (!isTerminal(this.state)) {
-        this.abortCause ??= 'error';
-        this.abortWhy ||= oneLine((err as Error).message);
-        await this.finishAfterAbort().catch(() => undefined);
+      if (!isTerminal(this.f.state)) {
+        this.failWith(oneLine((err as Error).message));
+        await this.finishAfterStop().catch(() => undefined);
       }
     } finally {
       for (const t of this.timers) clearTimeout(t);
+      this.releaseSlot(true);
       await this.deps.writer.flush();
-      this.deps.onMark?.(this.domid, 'finished', now());
+      this.emit({ type: 'finished' });
       this.finishedResolve();
     }
   }
 
+  /** The facts a predecessor persisted (recover, adopt). */
+  private adopt(p: PersistedFacts): void {
+    this.f.suspendedBy = p.suspendedBy;
+    this.f.request = p.request;
+    this.requestNode = formatSuspendRequest(p.request);
+    this.f.sourceGone = p.sourceGone;
+    this.f.devicesUnknown = p.devicesUnknown;
+    this.f.toolsUnknown = p.toolsUnknown;
+    for (const d of this.devices) {
+      const rec = p.tools.get(`${d.dev.ref.type}/${d.dev.ref.devid}`);
+      if (rec !== undefined) d.predecessorTool = rec;
+    }
+  }
+
   private async drive(): Promise<void> {
-    while (!isTerminal(this.state) && !this.detached) {
+    while (!isTerminal(this.f.state) && !this.detached) {
       if (this.aborted) {
-        await this.finishAfterAbort();
+        await this.finishAfterStop();
         return;
       }
-      let step: Step | undefined;
-      if (this.state === 'done') {
-        if (this.sourceGone) return; // the source left during the job: nothing to hold
+      if (this.f.state === 'done') {
+        if (this.f.sourceGone) return; // the source left during the job: nothing to hold
+        this.releaseSlot(true);
         // Finished from our side: hold until recover/abort or the domain goes (no timeout: the
         // toolstack owns the domain now, and resuming it here could run it twice).
-        await new Promise<Step>((r) => (this.stepWaiter = r));
+        await this.mailbox.next();
         continue;
       }
+      const startedAt = now();
+      let step: Step | undefined;
       if (this.request.mode === 'auto') {
-        step = nextAutoStep(this.state);
+        step = nextAutoStep(this.f.state);
+        if (step === undefined) return;
       } else {
         step = await this.nextControl();
         if (step === undefined) continue;
       }
-      if (step === undefined) return;
-      const release = await this.deps.jobSlots.acquire('normal', this.abortCtl.signal).catch(() => undefined);
-      if (release === undefined) continue;
+      if (!(await this.takeSlot(step))) continue;
       try {
         if (this.request.mode === 'auto') {
           // Auto mode keeps its slot for the whole run: queueing mid-migration would stretch the downtime.
           for (
             let s: Step | undefined = step;
-            s !== undefined && !this.aborted && !isTerminal(this.state);
-            s = nextAutoStep(this.state)
+            s !== undefined && !this.aborted && !isTerminal(this.f.state);
+            s = nextAutoStep(this.f.state)
           ) {
-            await this.doStep(s);
+            await this.doStep(s, now());
           }
         } else {
-          await this.doStep(step);
+          await this.doStep(step, startedAt);
         }
       } finally {
-        release();
+        this.releaseSlot(false);
       }
     }
   }
 
-  private nextControl(): Promise<Step | undefined> {
-    const idle = this.deps.config.timeouts.stepIdleMs;
-    const pending = this.pendingStep;
-    if (pending !== undefined) {
-      this.pendingStep = undefined;
-      return Promise.resolve(pending);
+  /** The job slot for a step: the one already held, or a new one (false when the job stopped first). */
+  private async takeSlot(step: Step): Promise<boolean> {
+    if (this.heldSlot !== undefined) return true;
+    try {
+      this.heldSlot = await this.deps.jobSlots.acquire(
+        step === 'sync' ? 'critical' : 'normal',
+        this.stopCtl.signal,
+      );
+      return true;
+    } catch {
+      return false;
     }
-    return new Promise((resolve) => {
-      const t = setTimeout(() => {
-        this.stepWaiter = undefined;
-        this.abort('error', `no control within ${idle} ms in state ${this.state}`);
-        resolve(undefined);
-      }, idle);
-      this.stepWaiter = (s) => {
-        clearTimeout(t);
-        resolve(this.aborted ? undefined : s);
-      };
-    });
   }
 
-  private async doStep(step: Step): Promise<void> {
+  /**
+   * Gives the job slot back, except that a steps-mode job keeps it across the suspended window
+   * (post-suspended): its sync must never queue behind other jobs while the guest is stopped.
+   */
+  private releaseSlot(force: boolean): void {
+    if (this.heldSlot === undefined) return;
+    if (!force && this.request.mode === 'steps' && this.f.state === 'post-suspended') return;
+    const release = this.heldSlot;
+    this.heldSlot = undefined;
+    release();
+  }
+
+  private nextControl(): Promise<Step | undefined> {
+    const idle = this.deps.config.timeouts.stepIdleMs;
+    return this.mailbox
+      .next(idle, () => this.abort('error', `no control within ${idle} ms in state ${this.f.state}`))
+      .then((s) => (this.aborted ? undefined : s));
+  }
+
+  private async doStep(step: Step, startedAt: number): Promise<void> {
     // Who suspends is persisted with the step, before the suspend: a crash then knows whether to resume.
+    if (step === 'post-suspend') this.f.suspendedBy = this.request.suspend;
+    // From its first mutating step the job is in the agent's holding record (holding/<domid> =
+    // "<job id>:<who suspends, or ->"), which survives a requester removing the job's directory.
+    const stepFacts: Record<string, string> =
+      step === 'pre-suspend'
+        ? { [holdingPath(this.domid)]: formatHolding(this.request.id, undefined) }
+        : step === 'post-suspend'
+          ? {
+              'suspended-by': this.request.suspend,
+              [holdingPath(this.domid)]: formatHolding(this.request.id, this.request.suspend),
+            }
+          : {};
     await this.to(
       { type: 'step', step },
-      step === 'post-suspend' ? { 'suspended-by': this.request.suspend } : {},
+      stepFacts,
       step === 'sync' && this.inWindow() ? 'background' : 'await',
     );
     if (this.aborted) return;
     if (step === 'post-suspend') {
       await this.suspendStage();
-      if (this.aborted || this.state !== 'post-suspend') return;
+      if (this.aborted || this.f.state !== 'post-suspend') return;
     }
     const phase = PHASE_OF_STEP[step];
-    const failures = await this.runPhase(phase);
+    // A phase's bound runs from its step's start (for sync: the control), except post-suspend's,
+    // which starts once the domain is suspended (the suspend has its own bounds).
+    const failures = await this.runPhase(phase, step === 'post-suspend' ? now() : startedAt);
     if (this.aborted) return;
     if (failures.length > 0) {
       const summary = oneLine(
@@ -429,33 +617,41 @@ export class JobRun {
         await this.to({ type: 'phase-failed' }, { error: summary, recovered: '1' });
         return;
       }
-      this.abortCause = 'error';
-      this.abortWhy = this.sourceGone
+      const why = this.f.sourceGone
         ? oneLine(
             `domain ${this.domid} has left this host (destroyed by the toolstack after its suspend) but ${summary}; nothing to resume here`,
           )
         : summary;
-      await this.to({ type: 'phase-failed' }, { error: this.abortWhy });
-      await this.recoverAll();
+      this.failWith(why);
+      await this.to({ type: 'phase-failed' }, { error: why });
+      await this.recover();
       return;
     }
     const autoContinues = this.request.mode === 'auto' && phase !== 'sync';
-    if (phase === 'sync') this.deps.onMark?.(this.domid, 'synced', now());
+    if (phase === 'sync') this.emit({ type: 'synced' });
     await this.to({ type: 'phase-ok' }, { progress: undefined }, autoContinues ? 'defer' : 'await');
     if (phase === 'sync') {
-      this.deps.onMark?.(this.domid, 'done-visible', now());
+      this.emit({ type: 'done-visible' });
       // Done belongs to the toolstack now: no deadline may recover it behind its back.
       for (const t of this.timers) clearTimeout(t);
     }
   }
 
+  /** Records the agent's suspend request before it is made (the domain layer waits for this). */
+  private async requestMade(): Promise<void> {
+    this.f.request = { kind: 'requested', at: Date.now() };
+    this.emit({ type: 'suspend-requested' });
+    const v = formatSuspendRequest(this.f.request);
+    this.requestNode = v;
+    await this.deps.writer.persistStrict({ 'suspend-request': v });
+  }
+
   private async suspendStage(): Promise<void> {
     const t = this.deps.config.timeouts;
-    const signal = this.abortCtl.signal;
+    const signal = this.stopCtl.signal;
     try {
       // Each wait is bounded here too, whatever the domain layer does with its own timeouts.
       if (this.request.suspend === 'agent') {
-        this.weSuspended = true;
         const bound = t.suspendAckMs + t.suspendMs + 1000;
         // The job's signal (requester abort, deadline, drain, stop, domain gone) cancels the
         // handshake: the call settles within the grace instead of its ack + suspend timeouts.
@@ -465,17 +661,26 @@ export class JobRun {
             suspendTimeoutMs: t.suspendMs,
             signal,
             cancelGraceMs: SUSPEND_CANCEL_GRACE_MS,
+            onRequest: () => this.requestMade(),
           }),
           bound,
           'suspend',
         );
         this.suspendCall = p.then(
-          () => undefined,
+          () => {
+            this.f.request = { kind: 'none' };
+          },
           (err: unknown) => {
-            if (err instanceof SuspendCancelledError) {
-              this.ackedNotSuspended = err.acked && err.end === 'running';
-              this.log.info(`job ${this.domid}: ${oneLine(err.message)}`, { suspended: err.suspended });
-            }
+            const e = err instanceof DomainError ? err : undefined;
+            const c = err instanceof SuspendCancelledError ? err : undefined;
+            // A cancelled request counts from the cancel (the job's stop), as the domain layer's grace does.
+            this.f.request = requestAfterSuspendFailure(
+              { ...(e ? { code: e.code } : {}), ...(c ? { end: c.end, acked: c.acked } : {}) },
+              this.f.request,
+              c !== undefined && this.f.stop !== undefined ? this.f.stop.at : Date.now(),
+            );
+            if (c !== undefined)
+              this.log.info(`job ${this.domid}: ${oneLine(c.message)}`, { suspended: c.suspended });
           },
         );
         await untilAborted(p, signal, SUSPEND_CANCEL_GRACE_MS + SUSPEND_CANCEL_MARGIN_MS);
@@ -490,27 +695,62 @@ export class JobRun {
     } catch (err) {
       if (this.aborted) return;
       const why = oneLine(`suspend failed: ${(err as Error).message}`);
-      this.abortCause = 'error';
-      this.abortWhy = why;
+      this.failWith(why);
+      await this.suspendCall;
       await this.to({ type: 'suspend-failed' }, { error: why });
-      await this.recoverAll();
+      await this.recover();
       return;
     }
-    this.deps.onMark?.(this.domid, 'suspended', now());
-    await this.to({ type: 'suspended' }, {}, this.request.mode === 'auto' ? 'background' : 'await');
+    this.emit({ type: 'suspended' });
+    const settled: Record<string, string | undefined> =
+      this.requestNode !== undefined ? { 'suspend-request': undefined } : {};
+    await this.to({ type: 'suspended' }, settled, this.request.mode === 'auto' ? 'background' : 'await');
   }
 
-  private opContext(slot: DeviceSlot, signal: AbortSignal): OpContext {
+  private opContext(slot: DeviceSlot, signal: AbortSignal, op: DeviceOpName): OpContext {
     const { type, devid } = slot.dev.ref;
     return {
       job: this.ctxJob,
       signal,
-      log: withLogContext(this.jobLog, () => ({ device: `${type}/${devid}` })),
+      log: withLogContext(this.log, () => ({ device: `${type}/${devid}` })),
       progress: (done, total) => {
+        slot.reported = Math.floor(done);
         const at = Date.now();
         if (at - slot.lastProgressWrite < 1000 && done < total) return;
         slot.lastProgressWrite = at;
         this.deps.writer.device(type, devid, { progress: `${Math.floor(done)}/${Math.floor(total)}` });
+      },
+      // Tools of mutating phases and of recover are recorded (a test changes nothing).
+      ...(op !== 'test' ? { toolProcess: () => this.toolProcess(slot) } : {}),
+    };
+  }
+
+  /**
+   * Records a device's tool in the job's holding record BEFORE it runs (token + boot id,
+   * awaited; the token marks its processes), then its process group and start time once
+   * spawned; the record goes when it has ended. A crashed agent's successor stops it first.
+   */
+  private async toolProcess(slot: DeviceSlot): Promise<ToolTracking> {
+    const { type, devid } = slot.dev.ref;
+    const path = holdingToolPath(this.domid, type, devid);
+    const rec: ToolProcessRecord = { token: newToolToken(), bootId: this.deps.processes.bootId() };
+    await this.deps.writer.persistStrict({ [path]: formatToolProcess(rec) });
+    slot.tools.add(rec);
+    let ended = false;
+    return {
+      env: { [TOOL_TOKEN_ENV]: rec.token },
+      spawned: (pid) => {
+        const p = this.deps.processes.info(pid);
+        if (p === undefined || ended) return;
+        rec.pgid = pid;
+        rec.startTicks = p.startTicks;
+        void this.deps.writer.persist({ [path]: formatToolProcess(rec) });
+      },
+      ended: () => {
+        if (ended) return;
+        ended = true;
+        slot.tools.delete(rec);
+        void this.deps.writer.persist({ [path]: undefined });
       },
     };
   }
@@ -518,36 +758,51 @@ export class JobRun {
   /** One bounded device operation under the global device-op limit. */
   private async deviceOp(
     slot: DeviceSlot,
+    op: DeviceOpName,
     timeoutMs: number,
     parent: AbortSignal,
     priority: Priority,
-    what: string,
     fn: (ctx: OpContext) => Promise<Outcome>,
   ): Promise<Outcome> {
+    const { type, devid } = slot.dev.ref;
+    const device = `${type}/${devid}`;
+    const what = `${device} ${op === 'recover' ? 'recover' : PHASE_LABEL[op]}`;
     let release: (() => void) | undefined;
     try {
       release = await this.deps.deviceSlots.acquire(priority, parent);
     } catch (err) {
       return { ok: false, reason: oneLine((err as Error).message) };
     }
+    slot.reported = undefined;
+    this.emit({ type: 'device-op-start', device, op });
     const ac = new AbortController();
     const onParent = (): void => ac.abort(parent.reason);
     parent.addEventListener('abort', onParent, { once: true });
     const timer = setTimeout(() => ac.abort(new EngineTimeoutError(what, timeoutMs)), timeoutMs);
+    let outcome: Outcome;
     try {
-      return await untilAborted(
-        fn(this.opContext(slot, ac.signal)),
+      outcome = await untilAborted(
+        fn(this.opContext(slot, ac.signal, op)),
         ac.signal,
         this.deps.config.timeouts.killGraceMs + 500,
       );
     } catch (err) {
       const msg = err instanceof DeviceOpError ? err.reason : (err as Error).message;
-      return { ok: false, reason: oneLine(msg ?? String(err)) };
+      outcome = { ok: false, reason: oneLine(msg ?? String(err)) };
     } finally {
       clearTimeout(timer);
       parent.removeEventListener('abort', onParent);
       release();
     }
+    this.emit({
+      type: 'device-op-end',
+      device,
+      op,
+      ok: outcome.ok,
+      ...(outcome.ok ? {} : { reason: outcome.reason }),
+      ...(slot.reported !== undefined ? { bytes: slot.reported } : {}),
+    });
+    return outcome;
   }
 
   private phaseTimeoutMs(phase: Phase): number {
@@ -558,21 +813,22 @@ export class JobRun {
   }
 
   /** Runs one phase on every device at once; returns "type/devid: reason" for each failure. */
-  private async runPhase(phase: Phase): Promise<string[]> {
-    const phaseMs = this.phaseTimeoutMs(phase);
+  private async runPhase(phase: Phase, startedAt: number): Promise<string[]> {
+    const full = this.phaseTimeoutMs(phase);
+    const phaseMs = Math.max(0, Math.round(full - (now() - startedAt)));
     const phaseCtl = new AbortController();
     setMaxListeners(0, phaseCtl.signal);
-    const onJob = (): void => phaseCtl.abort(this.abortCtl.signal.reason);
-    this.abortCtl.signal.addEventListener('abort', onJob, { once: true });
+    const onJob = (): void => phaseCtl.abort(this.stopCtl.signal.reason);
+    this.stopCtl.signal.addEventListener('abort', onJob, { once: true });
     const timer = setTimeout(
-      () => phaseCtl.abort(new EngineTimeoutError(`phase ${PHASE_LABEL[phase]}`, phaseMs)),
+      () => phaseCtl.abort(new EngineTimeoutError(`phase ${PHASE_LABEL[phase]}`, full)),
       phaseMs,
     );
     const priority: Priority = phase === 'postSuspend' || phase === 'sync' ? 'critical' : 'normal';
     const total = this.devices.length;
     let done = 0;
     const failures: string[] = [];
-    this.deps.onMark?.(this.domid, `phase-start:${phase}`, now());
+    this.emit({ type: 'phase-start', phase });
     try {
       await Promise.allSettled(
         this.devices.map(async (slot) => {
@@ -584,25 +840,18 @@ export class JobRun {
           const op = m[phase];
           if (op !== undefined) {
             const timeoutMs = Math.min(this.deps.deviceTimeoutMs(type), phaseMs);
-            outcome = await this.deviceOp(
-              slot,
-              timeoutMs,
-              phaseCtl.signal,
-              priority,
-              `${type}/${devid} ${PHASE_LABEL[phase]}`,
-              async (ctx) => {
-                if (phase === 'test') {
-                  const r = await m.test?.(ctx);
-                  if (r === undefined || r.ok) {
-                    note = r?.note;
-                    return { ok: true };
-                  }
-                  return { ok: false, reason: r.reason };
+            outcome = await this.deviceOp(slot, phase, timeoutMs, phaseCtl.signal, priority, async (ctx) => {
+              if (phase === 'test') {
+                const r = await m.test?.(ctx);
+                if (r === undefined || r.ok) {
+                  note = r?.note;
+                  return { ok: true };
                 }
-                await (op as (c: OpContext) => Promise<unknown>).call(m, ctx);
-                return { ok: true };
-              },
-            );
+                return { ok: false, reason: r.reason };
+              }
+              await (op as (c: OpContext) => Promise<unknown>).call(m, ctx);
+              return { ok: true };
+            });
           }
           done += 1;
           if (outcome.ok) {
@@ -623,103 +872,174 @@ export class JobRun {
       );
     } finally {
       clearTimeout(timer);
-      this.abortCtl.signal.removeEventListener('abort', onJob);
+      this.stopCtl.signal.removeEventListener('abort', onJob);
     }
-    this.deps.onMark?.(this.domid, `phase-end:${phase}`, now());
+    this.emit({ type: 'phase-end', phase, failures: failures.length });
     return failures;
   }
 
-  private async finishAfterAbort(): Promise<void> {
-    const cause = this.abortCause ?? 'error';
-    const why =
-      cause === 'gone' ? `domain ${this.domid} was destroyed while the job was ${this.state}` : this.abortWhy;
-    if (this.state === 'done' && cause === 'gone') {
+  private async finishAfterStop(): Promise<void> {
+    const stop = this.f.stop ?? { cause: 'error', why: 'stopped', at: Date.now() };
+    if (this.f.state === 'done' && stop.cause === 'gone') {
       return; // the toolstack completed the migration and destroyed the source
     }
-    if (this.state === 'recovering') {
-      await this.recoverAll();
+    if (this.f.state === 'recovering') {
+      await this.recover();
       return;
     }
-    await this.to({ type: cause === 'gone' ? 'gone' : 'abort' }, { error: oneLine(why) });
-    const next = this.state as JobState;
-    if (next === 'recovering') await this.recoverAll();
+    const why =
+      stop.cause === 'gone'
+        ? `domain ${this.domid} was destroyed while the job was ${this.f.state}`
+        : stop.why;
+    await this.to({ type: stop.cause === 'gone' ? 'gone' : 'abort' }, { error: oneLine(why) });
+    const next = this.f.state as JobState;
+    if (next === 'recovering') await this.recover();
     else if (isTerminal(next)) await this.deps.writer.persist({ recovered: '1' });
   }
 
   /**
-   * After a suspend cancelled once the guest had acked: waits for the domain to be seen suspended,
-   * gone or shut down, at most timeouts.suspendMs from the cancel (libxl's wait for a suspend
-   * after the ack) and never past limitWatch(). The job holds the domain (one job per domain), so
-   * a suspend seen here is the one we asked for. Events (@releaseDomain) are the signal; a check
-   * a second catches a lost one, and a last check at the bound a suspend right at it.
+   * Recovers every device that started a mutating phase (furthest phase first), then carries out
+   * the recovery decision for the domain, then writes the end: failed/aborted, recovered=1|0.
    */
-  private watchLateSuspend(): Promise<{ end: 'suspended' | 'gone' | 'shutdown' | 'running'; ms: number }> {
-    const from = this.abortedAt ?? Date.now();
-    const suspendMs = this.deps.config.timeouts.suspendMs;
-    return new Promise((resolve) => {
-      let done = false;
-      let timer: NodeJS.Timeout | undefined;
-      let unsubscribe: (() => void) | undefined;
-      const finish = (end: 'suspended' | 'gone' | 'shutdown' | 'running'): void => {
-        if (done) return;
-        done = true;
-        clearTimeout(timer);
-        clearInterval(poll);
-        unsubscribe?.();
-        this.onWatchLimit = undefined;
-        resolve({ end, ms: Date.now() - from });
+  private async recover(): Promise<void> {
+    if (this.f.state !== 'recovering') {
+      this.setState('recovering');
+      const nodes: Record<string, string | undefined> = {
+        ...this.recoveryNodes(),
+        state: 'recovering',
+        progress: undefined,
       };
-      const check = async (atBound: boolean): Promise<void> => {
-        const info = await this.deps.domains.info(this.domid).catch(() => null);
-        if (done) return;
-        if (info === undefined || info?.dying === true) finish('gone');
-        else if (info?.shutdown === true)
-          finish(info.shutdownReason === 'suspend' ? 'suspended' : 'shutdown');
-        else if (atBound) finish('running');
-      };
-      const arm = (): void => {
-        clearTimeout(timer);
-        const until = Math.min(from + suspendMs, this.watchLimit ?? Infinity);
-        timer = setTimeout(() => void check(true), Math.max(0, until - Date.now()));
-      };
-      const poll = setInterval(() => void check(false), 1000);
-      this.onWatchLimit = arm;
-      arm();
-      try {
-        unsubscribe = this.deps.domains.onEvent((ev) => {
-          if (ev.domid !== this.domid) return;
-          finish(ev.kind === 'suspended' ? 'suspended' : ev.kind === 'gone' ? 'gone' : 'shutdown');
-        });
-      } catch (err) {
-        // Closed domain layer: the checks still end the watch within its bound.
-        this.log.warn(`job ${this.domid}: no domain events for the late-suspend watch: ${String(err)}`);
-      }
-      // A suspend between the last look and the subscription has no event: look once more.
-      void check(false);
-    });
+      this.requestNode = nodes['suspend-request'];
+      await this.deps.writer.persist(nodes);
+    }
+    this.releaseSlot(true);
+    await this.withdrawEarly();
+    const failures = await this.recoverDevices();
+    if (this.f.devicesUnknown !== undefined) failures.push(`devices not recovered: ${this.f.devicesUnknown}`);
+    // A suspend still in flight (aborted mid-handshake) could land after the look below and
+    // leave the guest suspended: let it settle first (aborted, it settles within its cancel
+    // grace; bounded here too). Unsettled, its request stays `requested`: withdrawn and watched.
+    if (this.suspendCall !== undefined) {
+      const settled = await settledWithin(
+        this.suspendCall,
+        SUSPEND_CANCEL_GRACE_MS + SUSPEND_CANCEL_MARGIN_MS,
+      );
+      if (!settled) this.log.warn(`job ${this.domid}: the suspend call has not settled; deciding now`);
+    }
+    await this.syncRequestNode();
+    const stop = this.f.stop ?? { cause: 'error', why: '', at: Date.now() };
+    let final: DomainRecoveryResult['final'] = { do: 'leave', reason: 'gone' };
+    if (stop.cause !== 'gone') {
+      final = (
+        await recoverDomain(
+          {
+            domid: this.domid,
+            suspendedBy: this.f.suspendedBy,
+            request: this.f.request,
+            sourceGone: this.f.sourceGone,
+          },
+          this.domainRecoveryDeps(),
+        )
+      ).final;
+    }
+    if (final.do === 'hand-over') {
+      // Still `recovering`, its facts on record: the next agent goes on from them.
+      this.handedOver = true;
+      await this.deps.writer.persist({ error: oneLine(`${stop.why}; ${final.why}`) });
+      return;
+    }
+    const cause = final.do === 'leave' && final.reason === 'gone' && !this.f.sourceGone ? 'gone' : stop.cause;
+    const ok = failures.length === 0 && final.do === 'leave';
+    const parts: string[] = [];
+    if (failures.length > 0) parts.push(`recover failed for ${failures.join('; ')}`);
+    if (final.do === 'fail') parts.push(final.why);
+    else if (final.note !== undefined && final.reason !== 'gone') parts.push(final.note);
+    const error = oneLine(
+      cause === 'gone'
+        ? `domain ${this.domid} was destroyed; ${parts.join('; ') || 'devices recovered'}`
+        : [stop.why, ...parts].filter((p) => p !== '').join('; '),
+    );
+    this.f.request = { kind: 'none' };
+    await this.to(
+      ok ? { type: 'recovered', cause: cause === 'abort' ? 'abort' : 'error' } : { type: 'recovery-failed' },
+      {
+        error,
+        recovered: ok ? '1' : '0',
+        ...(this.requestNode !== undefined ? { 'suspend-request': undefined } : {}),
+      },
+    );
   }
 
-  /** Recovers every device that started a mutating phase (furthest phase first), then resumes. */
-  private async recoverAll(): Promise<void> {
-    if (this.state !== 'recovering') {
-      this.state = 'recovering';
-      await this.deps.writer.persist({ state: 'recovering', progress: undefined });
+  /**
+   * A request of ours that may still be pending (left by a crashed agent, or by a suspend call
+   * that never answered) is withdrawn before the devices are recovered, which may take long: a
+   * guest acting on it meanwhile would suspend only to be resumed. Best effort: the recovery of
+   * the domain withdraws it again (with retries) if this fails.
+   */
+  private async withdrawEarly(): Promise<void> {
+    if (this.f.request.kind !== 'requested' || this.f.suspendedBy !== 'agent') return;
+    if (this.suspendCall !== undefined && !(await settledWithin(this.suspendCall, 0))) return;
+    try {
+      const outcome = await bounded(
+        this.deps.domains.withdrawSuspend(this.domid),
+        this.deps.config.timeouts.recoverMs,
+        'withdraw the suspend request',
+      );
+      this.f.request =
+        outcome === 'withdrawn' ? { kind: 'withdrawn', at: Date.now() } : { kind: 'acked', at: Date.now() };
+      this.log.info(`job ${this.domid}: leftover suspend request ${outcome}`);
+      await this.syncRequestNode();
+    } catch (err) {
+      this.log.warn(
+        `job ${this.domid}: cannot withdraw the suspend request yet: ${oneLine((err as Error).message)}`,
+      );
     }
-    let gone =
-      this.abortCause === 'gone' ||
-      this.sourceGone ||
-      (await this.deps.domains.info(this.domid).catch(() => undefined)) === undefined;
+  }
+
+  private domainRecoveryDeps(): DomainRecoveryDeps {
+    const t = this.deps.config.timeouts;
+    return {
+      domains: this.deps.domains,
+      log: this.log,
+      limits: { ...DEFAULT_RECOVERY_LIMITS, suspendMs: t.suspendMs, graceMs: SUSPEND_CANCEL_GRACE_MS },
+      callMs: t.recoverMs,
+      watchLimit: () => this.watchLimit,
+      onWatchLimit: (cb) => {
+        this.rearmWatch = cb;
+      },
+      recordRequest: async (r) => {
+        this.f.request = r;
+        await this.syncRequestNode();
+      },
+      onResumed: () => this.emit({ type: 'resumed' }),
+    };
+  }
+
+  /** Recovers the devices, furthest phase first; "type/devid: reason" for each that failed. */
+  private async recoverDevices(): Promise<string[]> {
     const recoverMs = this.deps.config.timeouts.recoverMs;
     const ctl = new AbortController();
     setMaxListeners(0, ctl.signal);
     const timer = setTimeout(() => ctl.abort(new EngineTimeoutError('recover', recoverMs)), recoverMs);
     const failures: string[] = [];
+    this.emit({ type: 'phase-start', phase: 'recover' });
     try {
       for (const phase of [...PHASE_ORDER].reverse()) {
         const group = this.devices.filter((d) => d.lastPhase === phase);
         await Promise.allSettled(
           group.map(async (slot) => {
             const { type, devid } = slot.dev.ref;
+            const failed = (reason: string): void => {
+              failures.push(`${type}/${devid}: ${reason}`);
+              this.deps.writer.device(type, devid, { state: 'recover-failed', reason });
+            };
+            // No tool of a crashed predecessor (or a lingering one of ours) may still run when
+            // the device's tool is called again with -recover.
+            const blocker = this.f.toolsUnknown ?? (await this.stopLeftoverTools(slot));
+            if (blocker !== undefined) {
+              failed(blocker);
+              return;
+            }
             const m = slot.dev.migrator;
             if (m.recover === undefined) {
               this.deps.writer.device(type, devid, { state: 'recovered' });
@@ -727,82 +1047,46 @@ export class JobRun {
             }
             const r = await this.deviceOp(
               slot,
+              'recover',
               Math.min(this.deps.deviceTimeoutMs(type), recoverMs),
               ctl.signal,
               'critical',
-              `${type}/${devid} recover`,
               async (ctx) => {
                 await m.recover?.(ctx, phase);
                 return { ok: true };
               },
             );
             if (r.ok) this.deps.writer.device(type, devid, { state: 'recovered' });
-            else {
-              failures.push(`${type}/${devid}: ${r.reason}`);
-              this.deps.writer.device(type, devid, { state: 'recover-failed', reason: r.reason });
-            }
+            else failed(r.reason);
           }),
         );
       }
     } finally {
       clearTimeout(timer);
     }
-    let resumeError: string | undefined;
-    let lateNote: string | undefined;
-    if (this.weSuspended && !gone) {
-      try {
-        // A suspend still in flight (aborted mid-handshake) could land after the check below and
-        // leave the guest suspended: let it settle first. Aborted, it settles within its cancel
-        // grace; the wait is bounded here too, whatever the domain layer does.
-        let settled = true;
-        if (this.suspendCall !== undefined) {
-          settled = await settledWithin(this.suspendCall, SUSPEND_CANCEL_GRACE_MS + SUSPEND_CANCEL_MARGIN_MS);
-          if (!settled) this.log.warn(`job ${this.domid}: the suspend call has not settled; deciding now`);
-        }
-        let info = await this.deps.domains.info(this.domid);
-        const running = info !== undefined && !info.dying && !info.shutdown && !info.paused;
-        if (running && (this.ackedNotSuspended || !settled)) {
-          // The guest acked (or the call never answered): it may still suspend, and nobody else
-          // would resume it. Still `recovering` (a crash now resumes it too), watch for it.
-          const late = await this.watchLateSuspend();
-          if (late.end === 'gone') {
-            gone = true;
-            this.abortCause = 'gone';
-          } else if (late.end === 'running') {
-            lateNote = `the guest had acked the suspend request but did not suspend within ${late.ms} ms of the cancel; it is running`;
-            this.log.info(`job ${this.domid}: ${lateNote}`);
-          } else if (late.end === 'shutdown') {
-            lateNote = 'the guest had acked the suspend request, then shut down instead of suspending';
-            this.log.warn(`job ${this.domid}: ${lateNote}`);
-          } else if (late.end === 'suspended') {
-            this.log.info(
-              `job ${this.domid}: the guest suspended ${late.ms} ms after the cancel; resuming it`,
-            );
-          }
-          info = gone ? undefined : await this.deps.domains.info(this.domid);
-        }
-        if (info !== undefined && (info.paused || (info.shutdown && info.shutdownReason === 'suspend'))) {
-          await bounded(this.deps.domains.resume(this.domid), recoverMs, 'resume');
-          this.log.info(`job ${this.domid}: domain resumed at the source`);
-        }
-      } catch (err) {
-        resumeError = oneLine(`resume failed: ${(err as Error).message}`);
-      }
+    this.emit({ type: 'phase-end', phase: 'recover', failures: failures.length });
+    return failures;
+  }
+
+  /** Stops the device's leftover tool processes; the reason it could not, or undefined. */
+  private async stopLeftoverTools(slot: DeviceSlot): Promise<string | undefined> {
+    const { type, devid } = slot.dev.ref;
+    const predecessor = parseToolProcess(slot.predecessorTool);
+    if (slot.predecessorTool !== undefined && predecessor === undefined)
+      return `the previous agent's tool record ${JSON.stringify(slot.predecessorTool.slice(0, 80))} cannot be read: a tool may still run; not recovered`;
+    const recs: [ToolProcessRecord, string][] = [];
+    if (predecessor !== undefined) recs.push([predecessor, 'left running by a previous agent']);
+    for (const rec of slot.tools) recs.push([rec, 'still running']);
+    for (const [rec, how] of recs) {
+      const out = await stopTool(rec, this.deps.processes, this.deps.config.timeouts.killGraceMs);
+      const what = `the ${type}/${devid} tool (${rec.pgid !== undefined ? `process group ${rec.pgid}` : `token ${rec.token}`})`;
+      if (out === 'stopped') this.log.warn(`job ${this.domid}: stopped ${what} ${how}`);
+      if (out === 'still-running') return `${what}, ${how}, survived SIGKILL; not recovered`;
     }
-    const ok = failures.length === 0 && resumeError === undefined;
-    const parts = [this.abortWhy];
-    if (failures.length > 0) parts.push(`recover failed for ${failures.join('; ')}`);
-    if (resumeError !== undefined) parts.push(resumeError);
-    if (lateNote !== undefined) parts.push(lateNote);
-    const error = oneLine(
-      this.abortCause === 'gone'
-        ? `domain ${this.domid} was destroyed; ${parts.slice(1).join('; ') || 'devices recovered'}`
-        : parts.filter((p) => p !== '').join('; '),
-    );
-    const cause = this.abortCause === 'abort' && ok ? 'abort' : 'error';
-    await this.to(ok ? { type: 'recovered', cause } : { type: 'recovery-failed' }, {
-      error,
-      recovered: ok ? '1' : '0',
-    });
+    if (slot.predecessorTool !== undefined) {
+      slot.predecessorTool = undefined;
+      void this.deps.writer.persist({ [holdingToolPath(this.domid, type, devid)]: undefined });
+    }
+    return undefined;
   }
 }

@@ -13,11 +13,18 @@ export interface DeviceUpdate {
   policy?: string;
 }
 
+/** A batch of the job's nodes could not be written, retries included. */
+export class JobWriteError extends Error {
+  override readonly name = 'JobWriteError';
+}
+
 export class JobWriter {
   private readonly pendingDevices = new Map<string, DeviceUpdate>();
   private pendingProgress: string | undefined;
   private chain: Promise<void> = Promise.resolve();
   private flushScheduled = false;
+  /** Device updates wait for the next job nodes and go with them in one transaction. */
+  private together = false;
   /** Wire operations this writer sent (the engine's budget figure). */
   ops = 0;
 
@@ -39,8 +46,20 @@ export class JobWriter {
     this.scheduleFlush();
   }
 
+  /**
+   * From now on device updates are written only with the job's next nodes, in one transaction: a
+   * directory the requester removed reappears whole (state included) or not at all.
+   */
+  writeTogether(): void {
+    this.together = true;
+  }
+  /** Back to the usual batching (a new job of the domain). */
+  writeSeparately(): void {
+    this.together = false;
+  }
+
   private scheduleFlush(): void {
-    if (this.flushScheduled) return;
+    if (this.flushScheduled || this.together) return;
     this.flushScheduled = true;
     // After the current microtasks: updates of devices settling together share one batch.
     setImmediate(() => {
@@ -50,27 +69,42 @@ export class JobWriter {
   }
 
   /**
-   * Persists `nodes` (relative to the job dir; undefined value = remove) together with every queued
+   * Persists `nodes` (relative to the job dir, or absolute; undefined value = remove) together with every queued
    * device update, in one transaction when there is more than one write. Resolves when written.
    */
   persist(nodes: Record<string, string | undefined>): Promise<void> {
-    return this.enqueue(nodes);
+    return this.enqueue(nodes).then(() => undefined);
   }
 
-  /** Resolves when everything queued so far is written. */
-  flush(): Promise<void> {
-    return this.enqueue({});
+  /** As persist, but rejects (JobWriteError) when the nodes could not be written: a fact that must be on record. */
+  async persistStrict(nodes: Record<string, string | undefined>): Promise<void> {
+    if (!(await this.enqueue(nodes)))
+      throw new JobWriteError(`job ${this.domid}: write failed after retries`);
   }
 
-  private enqueue(nodes: Record<string, string | undefined>): Promise<void> {
+  /** Resolves when everything queued so far is written (held device updates included). */
+  async flush(): Promise<void> {
+    this.flushing = true;
+    try {
+      await this.enqueue({});
+    } finally {
+      this.flushing = false;
+    }
+  }
+  private flushing = false;
+
+  private enqueue(nodes: Record<string, string | undefined>): Promise<boolean> {
     const next = this.chain.then(() => this.writeBatch(nodes));
-    this.chain = next.catch(() => undefined);
+    this.chain = next.then(
+      () => undefined,
+      () => undefined,
+    );
     return next;
   }
 
   /** Device and progress nodes: many, and need no atomicity with each other. */
-  private collectDevices(): [string, string][] {
-    const writes: [string, string][] = [];
+  private collectDevices(): [string, string | undefined][] {
+    const writes: [string, string | undefined][] = [];
     for (const [key, u] of this.pendingDevices) {
       const [type = '', devid = ''] = key.split('/');
       const base = jobNode.device(this.domid, type, devid);
@@ -87,19 +121,24 @@ export class JobWriter {
     return writes;
   }
 
-  /** Retries of a failed batch (RETRIES + 1 attempts in all), and the base of their linear backoff. */
-  static RETRIES = 3;
+  /**
+   * Retries of a failed batch (RETRIES + 1 attempts in all), and the base of their linear backoff
+   * (capped at 1 s): about 5 s of a misbehaving xenstored before a write is given up.
+   */
+  static RETRIES = 8;
   static RETRY_DELAY_MS = 100;
 
-  private async writeBatch(nodes: Record<string, string | undefined>, attempt = 0): Promise<void> {
+  /** Writes one batch (retried); true when it all landed. */
+  private async writeBatch(nodes: Record<string, string | undefined>, attempt = 0): Promise<boolean> {
     const jobWritesRetry = new Map<string, string | undefined>();
-    const deviceWrites = this.collectDevices();
+    // Held device updates wait for job nodes (flush() at the end of a run writes what is left).
+    const deviceWrites =
+      this.together && Object.keys(nodes).length === 0 && !this.flushing ? [] : this.collectDevices();
     const base = `/tool/devmigrate/jobs/${this.domid}`;
-    const jobWrites = Object.entries(nodes).map(([k, v]): [string, string | undefined] => [
-      `${base}/${k}`,
-      v,
-    ]);
-    if (deviceWrites.length === 0 && jobWrites.length === 0) return;
+    // Keys are relative to the job's directory, or absolute (the agent's holding record).
+    const full = (k: string): string => (k.startsWith('/') ? k : `${base}/${k}`);
+    const jobWrites = Object.entries(nodes).map(([k, v]): [string, string | undefined] => [full(k), v]);
+    if (deviceWrites.length === 0 && jobWrites.length === 0) return true;
     const one = (ops: XsOps, [path, value]: [string, string | undefined]): Promise<void> => {
       this.ops += 1;
       if (value !== undefined) return ops.write(path, value);
@@ -107,21 +146,32 @@ export class JobWriter {
         if ((err as { errno?: string }).errno !== 'ENOENT') throw err;
       });
     };
-    // Device nodes go as plain pipelined writes (a transaction costs xenstored far more per node);
-    // they are sent first on the one connection, so xenstored applies them before the job
-    // nodes: a requester that sees state=done also sees every device synced. Job nodes that
-    // must change together (state + error + recovered) go in one transaction.
-    const pending: Promise<unknown>[] = deviceWrites.map((w) => one(this.xs, w));
-    if (jobWrites.length === 1) {
+    const pending: Promise<unknown>[] = [];
+    const all = [...deviceWrites, ...jobWrites];
+    if (this.together) {
+      // A directory the requester removed reappears whole: every node in one transaction.
+      const only = all[0];
+      if (all.length === 1 && only !== undefined) pending.push(one(this.xs, only));
+      else {
+        this.ops += 2;
+        pending.push(this.xs.transaction((tx) => Promise.all(all.map((w) => one(tx, w)))));
+      }
+    } else {
+      // Device nodes go as plain pipelined writes (a transaction costs xenstored far more per
+      // node); they are sent first on the one connection, so xenstored applies them before the
+      // job nodes: a requester that sees state=done also sees every device synced. Job nodes
+      // that must change together (state + error + recovered) go in one transaction.
+      pending.push(...deviceWrites.map((w) => one(this.xs, w)));
       const w = jobWrites[0];
-      if (w !== undefined) pending.push(one(this.xs, w));
-    } else if (jobWrites.length > 1) {
-      this.ops += 2; // TRANSACTION_START + TRANSACTION_END
-      pending.push(this.xs.transaction((tx) => Promise.all(jobWrites.map((w) => one(tx, w)))));
+      if (jobWrites.length === 1 && w !== undefined) pending.push(one(this.xs, w));
+      else if (jobWrites.length > 1) {
+        this.ops += 2; // TRANSACTION_START + TRANSACTION_END
+        pending.push(this.xs.transaction((tx) => Promise.all(jobWrites.map((w2) => one(tx, w2)))));
+      }
     }
     const results = await Promise.allSettled(pending);
     const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed.length === 0) return;
+    if (failed.length === 0) return true;
     // A transient failure (EAGAIN retries exhausted under a burst, a busy xenstored) must not
     // leave a job's state unwritten: a requester would wait for an answer that never comes.
     // Writes are idempotent (a value, or a removal), so the whole batch is simply sent again.
@@ -129,16 +179,18 @@ export class JobWriter {
       this.log.warn(
         `job ${this.domid}: ${failed.length} write(s) failed (${(failed[0]?.reason as Error).message}); retrying`,
       );
-      await new Promise((r) => setTimeout(r, JobWriter.RETRY_DELAY_MS * (attempt + 1)));
+      await new Promise((r) => setTimeout(r, Math.min(1000, JobWriter.RETRY_DELAY_MS * (attempt + 1))));
       for (const [path, value] of deviceWrites) {
         const rel = path.slice(`${base}/`.length);
         jobWritesRetry.set(rel, value);
       }
-      for (const [path, value] of jobWrites) jobWritesRetry.set(path.slice(`${base}/`.length), value);
+      for (const [path, value] of jobWrites)
+        jobWritesRetry.set(path.startsWith(`${base}/`) ? path.slice(`${base}/`.length) : path, value);
       return this.writeBatch(Object.fromEntries(jobWritesRetry), attempt + 1);
     }
     this.log.error(
       `job ${this.domid}: ${failed.length} of ${deviceWrites.length + jobWrites.length} write(s) failed: ${(failed[0]?.reason as Error).message}`,
     );
+    return false;
   }
 }

@@ -25,7 +25,10 @@ export function withLogContext(log: Logger, ctx: () => LogContext): Logger {
   return { error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug') };
 }
 
-/** The domid of a job key ("5"), when it is one. */
+/**
+ * The domid a job key names: only the canonical decimal form ("5", never "05" or "005"), so that
+ * a stray key can never alias a real domain's job (its answer, its removal, its log lines).
+ */
 export function domidOfKey(key: string): number | undefined {
-  return /^[0-9]{1,5}$/.test(key) ? Number(key) : undefined;
+  return /^[1-9][0-9]{0,4}$/.test(key) ? Number(key) : undefined;
 }

@@ -5,6 +5,31 @@ export const PROTOCOL_VERSION = 1;
 export const ROOT = '/tool/devmigrate';
 export const PROTOCOL_VERSION_PATH = `${ROOT}/protocol-version`;
 export const JOBS = `${ROOT}/jobs`;
+/**
+ * The agent's own record of the jobs that changed something (a device's pre-suspend, a suspend):
+ * holding/<domid> = "<job id>:<agent|toolstack|->" (who suspends the domain, once known), and
+ * holding/<domid>/tools/<type>/<devid> = the device's running tool, from the first mutating step
+ * to the job's end. Apart from the job's directory, which its requester may remove at any time,
+ * even while no agent runs.
+ */
+export const HOLDING = `${ROOT}/holding`;
+export function holdingPath(domid: number): string {
+  return `${HOLDING}/${domid}`;
+}
+/** A device's running tool (tool-processes.ts) in the job's holding record. */
+export function holdingToolPath(domid: number, type: string, devid: string): string {
+  return `${HOLDING}/${domid}/tools/${type}/${devid}`;
+}
+export function formatHolding(jobId: string, suspendedBy: 'agent' | 'toolstack' | undefined): string {
+  return `${jobId}:${suspendedBy ?? '-'}`;
+}
+export function parseHolding(
+  value: string,
+): { jobId: string; suspendedBy: 'agent' | 'toolstack' | undefined } | undefined {
+  const m = /^([A-Za-z0-9][A-Za-z0-9._:-]{0,63}):(agent|toolstack|-)$/.exec(value);
+  if (m === null) return undefined;
+  return { jobId: m[1] ?? '', suspendedBy: m[2] === '-' ? undefined : (m[2] as 'agent' | 'toolstack') };
+}
 
 export const REQUEST_FIELDS = ['id', 'target', 'mode', 'suspend', 'live', 'deadline'] as const;
 export type RequestField = (typeof REQUEST_FIELDS)[number];

@@ -175,12 +175,18 @@ describe('suspend and resume of a cooperative guest', () => {
     expect(await h.getDomain(domid)).toMatchObject({ resumeCount: 1, shutdown: false, paused: 0 });
   });
 
-  it('resume of a paused (not suspended) domain only unpauses it', async () => {
+  it('resume never touches the pause count: a paused running domain stays paused, a paused suspended one is resumed and stays paused', async () => {
     const { domid } = await newGuest();
     await dc.pause(domid);
     expect(await dc.info(domid)).toMatchObject({ paused: true });
     await dc.resume(domid);
-    expect(await h.getDomain(domid)).toMatchObject({ paused: 0, resumeCount: 0 });
+    expect(await h.getDomain(domid)).toMatchObject({ paused: 1, resumeCount: 0 });
+    await dc.unpause(domid);
+    await dc.suspend(domid);
+    await dc.pause(domid);
+    await dc.resume(domid);
+    expect(await h.getDomain(domid)).toMatchObject({ paused: 1, shutdown: false, resumeCount: 1 });
+    await dc.unpause(domid);
   });
 
   it('a slow ack within the timeout still suspends', async () => {

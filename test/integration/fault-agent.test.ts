@@ -3,7 +3,8 @@
 // migrated (done, the toolstack's turn) or running at the source, never left suspended or paused
 // by us, and no job may stay stuck. Prints the matrix.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startSim, type RunningSim } from '../../src/cli/commands/sim-serve.js';
@@ -25,6 +26,15 @@ import {
 } from './agent-world.js';
 
 const FINAL = ['done', 'refused', 'aborted', 'failed'];
+
+/** Exists and is not a zombie (an orphan may never be reaped on this machine). */
+function running(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
 
 interface Case {
   kill: string;
@@ -97,15 +107,39 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'fault-agent-'));
-    // A device tool slow enough (0.25 s a step) that every running state can be caught.
+    // A device tool slow enough (0.25 s a step) that every running state can be caught. For a
+    // domain with a hang-<domid> file, its post-suspend (step 2) starts a child and both run on
+    // (a vTPM push in progress); its -recover logs whether any of them still runs.
     const tool = join(dir, 'slow-tool.sh');
-    await writeFile(tool, '#!/bin/sh\nsleep 0.25\nexit 0\n');
+    await writeFile(
+      tool,
+      `#!/bin/sh
+D=${dir}
+step=; rec=
+while [ $# -gt 0 ]; do case "$1" in -step) step=$2; shift 2;; -recover) rec=1; shift;; *) shift;; esac; done
+if [ -n "$rec" ] && [ -e $D/pids-$DEVMIGRATE_DOMID ]; then
+  alive=gone
+  for p in $(cat $D/pids-$DEVMIGRATE_DOMID); do
+    s=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null)
+    [ -n "$s" ] && [ "$s" != Z ] && alive=alive
+  done
+  echo "recover step=$step predecessor-$alive" >> $D/recover-$DEVMIGRATE_DOMID.log
+fi
+if [ -z "$rec" ] && [ "$step" = 2 ] && [ -e $D/hang-$DEVMIGRATE_DOMID ]; then
+  sleep 60 &
+  echo "$$ $!" > $D/pids-$DEVMIGRATE_DOMID.tmp && mv $D/pids-$DEVMIGRATE_DOMID.tmp $D/pids-$DEVMIGRATE_DOMID
+  sleep 60
+fi
+sleep 0.25
+exit 0
+`,
+    );
     cfgPath = await writeAgentConfig(dir, tool, {
       toolTimeoutMs: 10_000,
       timeouts: { suspendAckMs: 5000, suspendMs: 5000 },
     });
     const guests = CASES.map((_, i) => guest(i + 1));
-    guests.push(guest(20), guest(21));
+    guests.push(guest(20), guest(21), guest(22));
     sim = await startSim({ dir: join(dir, 'xenstored'), desc: { guests } });
     xs = await connectXenStore({ path: sim.harness.socketPath, timeoutMs: 10_000 });
     agent = await startAgent();
@@ -169,6 +203,9 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
         }
       }
       await waitState(domid, (s) => FINAL.includes(s ?? ''), 30_000, 'a final state');
+      // The slow-ack guest acks 2 s after the request: killed in `suspending`, the request was
+      // left behind (the new agent withdraws it, or watches for the suspend it led to).
+      if (c.kill === 'suspending') await new Promise((r) => setTimeout(r, 2500));
       const final = (await state(domid)) ?? '?';
       const running = await guestRunning(domid);
       const d = await sim.harness.getDomain(domid);
@@ -188,6 +225,37 @@ describe('fault injection: agent and xenstored killed mid-job', () => {
       if (final === 'done') await sim.harness.destroyDomain(domid);
     }, 60_000);
   });
+
+  it('SIGKILL while a device tool runs in post-suspend: the next agent stops the tool and its child before -recover', async () => {
+    await writeFile(join(dir, 'hang-22'), '');
+    await writeRequest(xs, 22, { id: newJobId(), target: 'host-b', mode: 'auto', suspend: 'agent' });
+    await waitState(22, (s) => s === 'post-suspend' || FINAL.includes(s ?? ''), 20_000, 'post-suspend');
+    const pidsFile = join(dir, 'pids-22');
+    const end = Date.now() + 10_000;
+    while (!(await readFile(pidsFile, 'utf8').catch(() => '')).includes(' ')) {
+      if (Date.now() > end) throw new Error('the tool did not start its child');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const pids = (await readFile(pidsFile, 'utf8')).trim().split(' ').map(Number);
+    agent?.child.kill('SIGKILL');
+    await agent?.exited;
+    // Outside systemd nothing kills the tool with the agent: it runs on, orphaned.
+    expect(pids.every((p) => running(p))).toBe(true);
+    agent = await startAgent();
+    await waitState(22, (s) => FINAL.includes(s ?? ''), 30_000, 'a final state');
+    const log = await readFile(join(dir, 'recover-22.log'), 'utf8');
+    const ok = log.trim() === 'recover step=2 predecessor-gone' && pids.every((p) => !running(p));
+    matrix.push({
+      fault: 'agent SIGKILL, its tool running',
+      final: (await state(22)) ?? '?',
+      domain: (await guestRunning(22)) ? 'running' : 'NOT running',
+      verdict: ok ? 'ok' : 'FAIL',
+    });
+    expect(log.trim()).toBe('recover step=2 predecessor-gone');
+    for (const p of pids) expect(running(p), `pid ${p}`).toBe(false);
+    expect(await state(22)).toBe('failed');
+    expect(await guestRunning(22)).toBe(true);
+  }, 60_000);
 
   it('xenstored killed and restarted while the agent idles: the agent reconnects and takes jobs', async () => {
     await restartXenstored();

@@ -109,9 +109,12 @@ describe('waiting for the suspend', () => {
 });
 
 describe('resume plan', () => {
-  it('resumes a suspended domain fully, only unpauses a paused one, leaves a running one alone', () => {
+  it('resumes a suspended domain (paused or not); leaves a running one alone, paused or not (never unpauses)', () => {
     expect(planResume(5, { ...running, shutdown: true, shutdownReason: 'suspend' })).toBe('resume');
-    expect(planResume(5, { ...running, paused: true })).toBe('unpause');
+    expect(planResume(5, { ...running, shutdown: true, shutdownReason: 'suspend', paused: true })).toBe(
+      'resume',
+    );
+    expect(planResume(5, { ...running, paused: true })).toBe('nothing');
     expect(planResume(5, running)).toBe('nothing');
   });
   it('refuses a missing, dying or otherwise shut down domain', () => {

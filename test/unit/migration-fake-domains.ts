@@ -1,7 +1,13 @@
 // A minimal DomainControl for UNIT tests of the engine: domains that suspend on request (or
 // refuse), can be "suspended by the toolstack", resumed and destroyed, with a call log.
 import { SuspendCancelledError } from '../../src/domains/errors.js';
-import type { DomainControl, DomainEvent, DomainInfo, SuspendOptions } from '../../src/domains/types.js';
+import type {
+  DomainControl,
+  DomainEvent,
+  DomainInfo,
+  SuspendOptions,
+  WithdrawOutcome,
+} from '../../src/domains/types.js';
 
 export class FakeDomains implements DomainControl {
   readonly doms = new Map<number, DomainInfo>();
@@ -46,6 +52,7 @@ export class FakeDomains implements DomainControl {
   async suspend(domid: number, opts: SuspendOptions = {}): Promise<void> {
     this.calls.push(`suspend ${domid}`);
     const { signal } = opts;
+    await opts.onRequest?.('pv-control');
     if (this.ackThenWait.has(domid) && signal !== undefined) {
       // As the real layer after its cancel grace: acked, still running.
       await new Promise<void>((resolve) => {
@@ -61,6 +68,10 @@ export class FakeDomains implements DomainControl {
     if (this.suspendDelayMs > 0) await new Promise((r) => setTimeout(r, this.suspendDelayMs));
     this.markSuspended(domid);
   }
+  /** A request the fake never wrote anywhere: nothing to withdraw. */
+  withdrawSuspend(): Promise<WithdrawOutcome> {
+    return Promise.resolve('withdrawn');
+  }
   /** The toolstack suspends the domain. */
   toolstackSuspend(domid: number): void {
     this.markSuspended(domid);
@@ -69,10 +80,9 @@ export class FakeDomains implements DomainControl {
     this.calls.push(`resume ${domid}`);
     if (this.hangResume) return new Promise<void>(() => undefined);
     const d = this.doms.get(domid);
-    if (d !== undefined) {
+    if (d?.shutdown === true && d.shutdownReason === 'suspend') {
       d.shutdown = false;
       delete d.shutdownReason;
-      d.paused = false;
     }
     return Promise.resolve();
   }

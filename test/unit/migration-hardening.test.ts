@@ -266,9 +266,11 @@ describe('a domain layer that does not answer cannot hang a job or leave the gue
     domains.hangResume = true;
     await start(xs, domains, s, fastCfg());
     request(xs, 5, AUTO);
-    await waitFor(xs, J(5, 'state'), 'failed', 3000);
+    // Five resumes, each bounded by recoverMs (300 ms), a growing pause between them.
+    await waitFor(xs, J(5, 'state'), 'failed', 8000);
     expect(xs.value(J(5, 'recovered'))).toBe('0');
     expect(xs.value(J(5, 'error'))).toMatch(/resume failed: resume timed out after 300 ms/);
+    expect(domains.calls.filter((c) => c === 'resume 5')).toHaveLength(5);
   });
 });
 

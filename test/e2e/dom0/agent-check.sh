@@ -9,6 +9,10 @@
 #  (e) SIGTERM while a job syncs: the agent aborts it, recovers, resumes the guest, exits 0.
 #  (d) (c) with a device sync slower than xl's end of migration: xl destroys the source while the
 #      device still syncs; the job must still end done and the guest tick at the destination.
+#  (f) opt-in, a test of the test: (a) with rsync's final pass skipped on purpose: the disk check
+#      (the copy must hold every block the guest acknowledged before the suspend) must FAIL.
+# The guest writes checksummed blocks to its disk all the time (guest/disk-writer.sh); (a) and (c)
+# check the copy with lib/disk-verify.js against the guest's "disk-wrote seq=<n>" console lines.
 # E2E_AGENT_SCENARIOS (default "a b c d e"; e last: it stops the agent) picks scenarios.
 . "$E2E_LIB"
 cli=/mnt/host/dist/src/cli/main.js
@@ -24,6 +28,9 @@ TOOL=/tmp/e2e-vif-tool
 TOOL_LOG=/tmp/e2e-vif-tool.log
 FAIL_FLAG=/tmp/e2e-vif-fail
 SLOW_FLAG=/tmp/e2e-vif-slow-sync
+SLOW_PRE_FLAG=/tmp/e2e-vif-slow-pre
+RSYNC=/tmp/e2e-rsync
+SKIP_FINAL=/tmp/e2e-skip-final
 RSH=/tmp/e2e-rsh
 SSH=/tmp/e2e-ssh
 CONF=/tmp/e2e-devmigrate.json
@@ -45,6 +52,10 @@ if [ "\$step" = 2 ] && [ \$rec = 0 ] && [ -f $FAIL_FLAG ]; then
   echo "e2e vif tool: post-suspend refused on purpose"
   exit 1
 fi
+if [ "\$step" = 1 ] && [ \$rec = 0 ] && [ -f $SLOW_PRE_FLAG ]; then
+  echo "e2e vif tool: slow pre-suspend (3 s)"
+  sleep 3
+fi
 if [ "\$step" = 3 ] && [ \$rec = 0 ] && [ -f $SLOW_FLAG ]; then
   echo "e2e vif tool: slow sync (60 s)"
   sleep 60
@@ -54,9 +65,23 @@ EOF
 # rsync's remote shell and xl's "ssh" for localhost: drop the host name, run the command here.
 printf '#!/bin/sh\nshift\nexec "$@"\n' >$RSH
 cp $RSH $SSH
-chmod 755 $TOOL $RSH $SSH
+# The agent's rsync: the real one, except for the test of the test (f): while $SKIP_FINAL exists
+# every second call (a job's final pass, in the guest's downtime) copies nothing and says ok.
+cat >$RSYNC <<EOF
+#!/bin/sh
+if [ -f $SKIP_FINAL ]; then
+  n=\$((\$(cat $SKIP_FINAL) + 1))
+  echo \$n >$SKIP_FINAL
+  if [ \$((n % 2)) -eq 0 ]; then
+    echo "e2e rsync: final pass skipped on purpose (test of the test)" >&2
+    exit 0
+  fi
+fi
+exec /usr/bin/rsync "\$@"
+EOF
+chmod 755 $TOOL $RSH $SSH $RSYNC
 : >$TOOL_LOG
-rm -f $FAIL_FLAG $SLOW_FLAG
+rm -f $FAIL_FLAG $SLOW_FLAG $SLOW_PRE_FLAG $SKIP_FINAL
 rm -rf $COPY_ROOT
 # The disk is a local file image: copied by the built-in rsync method to a local folder
 # (remoteRoot) over $RSH, as it would be to another host over ssh.
@@ -65,7 +90,7 @@ cat >$CONF <<EOF
   "\$comment": "e2e (test/e2e/dom0/agent-check.sh): rsync copy to a local folder, a device tool for vifs",
   "timeouts": { "testMs": 60000, "postSuspendMs": 120000, "syncMs": 120000, "recoverMs": 60000 },
   "disks": {
-    "copy": { "method": "rsync", "rsync": "/usr/bin/rsync", "rsh": ["$RSH"], "remoteRoot": "$COPY_ROOT" }
+    "copy": { "method": "rsync", "rsync": "$RSYNC", "rsh": ["$RSH"], "remoteRoot": "$COPY_ROOT" }
   },
   "devices": { "vif": { "tool": { "path": "$TOOL", "timeoutMs": 90000 } } }
 }
@@ -79,7 +104,7 @@ cleanup() {
     kill -TERM $pid 2>/dev/null
     wait_until 30 gone || kill -KILL $pid 2>/dev/null
   fi
-  rm -f $FAIL_FLAG $SLOW_FLAG
+  rm -f $FAIL_FLAG $SLOW_FLAG $SLOW_PRE_FLAG $SKIP_FINAL
   cp $ALOG "$E2E_RESULTS/agent.log" 2>/dev/null
   cp $TOOL_LOG "$E2E_RESULTS/agent-vif-tool.log" 2>/dev/null
 }
@@ -141,6 +166,18 @@ new_job() {
     "$JOBS/$1/request/mode" auto "$JOBS/$1/request/suspend" "$3" "$JOBS/$1/request/live" 1 ||
     fail "cannot write the request of job $1"
 }
+# The highest "disk-wrote seq=<n>" the guest printed so far (its console logs).
+last_acked() {
+  cat "$GUEST_LOGS"*.log 2>/dev/null | sed -n 's/.*disk-wrote seq=\([0-9]*\).*/\1/p' | sort -n | tail -n 1
+}
+# disk_verify [upto]: the copy holds, intact, the last 64 blocks the guest acknowledged (all of
+# them up to seq <upto> when given) -- lib/disk-verify.js; prints its JSON line, exit 0 when ok.
+disk_verify() {
+  local args="" f
+  for f in "$GUEST_LOGS"*.log; do args="$args --console $f"; done
+  # shellcheck disable=SC2086
+  "$E2E_NODE" test/e2e/lib/disk-verify.js --image "$COPY_ROOT$DISK" $args ${1:+--upto $1}
+}
 SUMMARY=""
 note() {
   echo "$*"
@@ -168,6 +205,10 @@ scenario_a() {
   pol=$(jget "$d" "devices/$VIF/policy")
   case "$pol" in external:$TOOL) ;; *) jfail "$d" "(a) $VIF policy '$pol', not external:$TOOL" ;; esac
   cmp -s $DISK "$COPY_ROOT$DISK" || jfail "$d" "(a) the copy $COPY_ROOT$DISK differs from $DISK (or is missing)"
+  # The guest is suspended: every block it acknowledged before the suspend must be in the copy.
+  sleep 2 # lines printed just before the suspend reach xenconsoled's log
+  dv=$(disk_verify) || jfail "$d" "(a) the disk copy lacks what the guest wrote before the suspend: $dv"
+  echo "  disk check: $dv"
   for st in 0 1 2 3; do
     grep -q -- "-step $st .*domid=$d .*job=e2e-a" $TOOL_LOG || jfail "$d" "(a) the vif tool was not called with -step $st"
   done
@@ -185,7 +226,7 @@ scenario_a() {
   [ "$(jget "$d" recovered)" = 1 ] || jfail "$d" "(a) after recover: recovered='$(jget "$d" recovered)'"
   wait_until 90 tick_above $((done_tick + 1)) || jfail "$d" "(a) guest does not tick after recover (last $(last_tick), at done $done_tick, xl '$(guest_xl_state)')"
   wait_until 60 backends_connected || jfail "$d" "(a) backends not connected after resume: $(backend_states)"
-  note "(a) done in ${took}s ($VBD copy:rsync, $VIF external tool steps 0-3), recover->aborted+resumed in $(since "$t0")s, ticks $done_tick -> $(last_tick)"
+  note "(a) done in ${took}s ($VBD copy:rsync, $VIF external tool steps 0-3; the copy holds the guest's writes up to seq $(echo "$dv" | sed -n 's/.*"lastSeq":\([0-9]*\).*/\1/p')), recover->aborted+resumed in $(since "$t0")s, ticks $done_tick -> $(last_tick)"
   xenstore-rm "$JOBS/$d"
 }
 
@@ -230,6 +271,9 @@ watch_source() {
   while [ $i -lt 1000 ] && { [ -z "$fin" ] || [ -z "$gone" ]; }; do
     s=$(jget "$d" state)
     if [ -z "$susp" ] && [ "$s" = suspending ]; then susp=$(since "$t0") && echo "suspending $susp" >>"$out"; fi
+    # Until done the destination stays paused (xl migrate -p): any write acknowledged by then was
+    # made by the source, before its suspend, so the copy must hold it.
+    case "$s" in suspending | post-suspend | post-suspended | syncing) echo "$(last_acked)" >"$out.acked" ;; esac
     if [ -z "$fin" ] && case "$s" in done | failed | aborted) true ;; *) false ;; esac; then
       fin=$(since "$t0") && echo "$s $fin" >>"$out"
     fi
@@ -278,7 +322,12 @@ scenario_c() {
   for st in 0 1 2 3; do
     grep -q -- "-step $st .*domid=$old " $TOOL_LOG || jfail "$old" "(c) the vif tool was not called with -step $st"
   done
-  cmp -s $DISK "$COPY_ROOT$DISK" || jfail "$old" "(c) the disk copy differs from $DISK (or is missing)"
+  # The destination writes the same image now: the copy is checked against what the source had
+  # acknowledged before its suspend (a lower bound read while the job was suspending .. syncing).
+  acked=$(cat /tmp/e2e-c-times.acked 2>/dev/null)
+  [ -n "$acked" ] || jfail "$old" "(c) no disk write acknowledged by the guest before its suspend"
+  dv=$(disk_verify "$acked") || jfail "$old" "(c) the disk copy lacks what the guest wrote before the suspend: $dv"
+  echo "  disk check (acknowledged up to seq $acked): $dv"
   moved=$(last_tick)
   wait_until 90 tick_above $((moved + 1)) || fail "(c) migrated guest (domain $new, xl '$(guest_xl_state)') does not tick (last $(last_tick))"
   wait_until 60 backends_connected || fail "(c) migrated guest's backends not connected: $(backend_states)"
@@ -346,6 +395,37 @@ scenario_e() {
   [ "$(jget "$d" recovered)" = 1 ] || jfail "$d" "(e) recovered='$(jget "$d" recovered)'"
   wait_until 90 tick_above $((before + 1)) || fail "(e) guest does not tick after the agent stopped (xl '$(guest_xl_state)')"
   note "(e) SIGTERM while syncing: agent exit 0 in $(since "$t0")s, job $s ($(jget "$d" error)), guest resumed"
+  xenstore-rm "$JOBS/$d"
+}
+
+# --- (f) test of the test: the disk check must catch a broken final pass (opt-in) -------------------
+# As (a), with the agent's rsync skipping the final pass (the one in the guest's downtime) and the
+# vif's pre-suspend made 3 s slow, so that the guest surely writes between the bulk pass and the
+# suspend: the copy then lacks blocks the guest acknowledged, and the check must say so.
+scenario_f() {
+  local d t0 s dv
+  d=$(guest_domid)
+  find_devices
+  echo "(f) test of the test on domain $d: rsync's final pass skipped on purpose, the disk check must fail"
+  rm -rf $COPY_ROOT
+  echo 0 >$SKIP_FINAL
+  touch $SLOW_PRE_FLAG
+  t0=$(now)
+  new_job "$d" e2e-f agent
+  follow "$d" 180 || jfail "$d" "(f) job not finished within 180 s (state '$(jget "$d" state)')"
+  rm -f $SKIP_FINAL $SLOW_PRE_FLAG
+  s=$(jget "$d" state)
+  [ "$s" = done ] || jfail "$d" "(f) job ended '$s', not done: $(jget "$d" error)"
+  grep -q "final pass skipped on purpose" $ALOG || jfail "$d" "(f) the final pass was not skipped (agent log)"
+  sleep 2
+  if dv=$(disk_verify); then
+    jfail "$d" "(f) the disk check PASSED although the final pass was skipped: $dv"
+  fi
+  echo "  disk check, as it must, FAILED: $dv"
+  xenstore-write "$JOBS/$d/control" recover || fail "(f) cannot write control"
+  follow "$d" 120 "failed aborted" || jfail "$d" "(f) recover not finished within 120 s"
+  wait_until 90 tick_above $(($(last_tick) + 1)) || jfail "$d" "(f) guest does not tick after recover"
+  note "(f) test of the test: final pass skipped -> the disk check failed in $(since "$t0")s: $(echo "$dv" | cut -c1-300)"
   xenstore-rm "$JOBS/$d"
 }
 

@@ -361,6 +361,7 @@ function buildGuest(root, kver, stage, out) {
   stageBase(root, stage);
   stageModules(root, kver, stage, GUEST_MODULES);
   copyReal(path.join(E2E, 'guest/init.sh'), path.join(stage, 'init'));
+  copyReal(path.join(E2E, 'guest/disk-writer.sh'), path.join(stage, 'disk-writer.sh'));
   fs.chmodSync(path.join(stage, 'init'), 0o755);
   packCpio(stage, out);
 }
@@ -368,7 +369,7 @@ function buildGuest(root, kver, stage, out) {
 /** Hash of everything an image depends on: package versions, builder sources, node. */
 function imageKey(pkgKey, nodeBinary) {
   const h = createHash('sha256').update(pkgKey);
-  for (const f of ['lib/initramfs.js', 'dom0/init.sh', 'guest/init.sh'])
+  for (const f of ['lib/initramfs.js', 'dom0/init.sh', 'guest/init.sh', 'guest/disk-writer.sh'])
     h.update(fs.readFileSync(path.join(E2E, f)));
   const st = fs.statSync(nodeBinary);
   h.update(`${fs.realpathSync(nodeBinary)}:${st.size}:${st.mtimeMs}`);

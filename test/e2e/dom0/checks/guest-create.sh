@@ -7,14 +7,15 @@
 if ! ip link show xenbr0 >/dev/null 2>&1; then
   ip link add xenbr0 type bridge && ip link set xenbr0 up || fail "cannot create bridge xenbr0"
 fi
-# 8 MB: the agent check copies it by rsync in the guest's downtime (see docs/e2e.md).
+# 8 MB: the agent check copies it by rsync in the guest's downtime (see docs/e2e.md). The guest
+# writes checksummed blocks to its first 256 KiB all the time (e2e.diskblocks, disk-writer.sh).
 truncate -s 8M /tmp/e2e-disk.img || fail "cannot create the disk file"
 cat >/tmp/$GUEST.cfg <<CFG
 name = "$GUEST"
 type = "pvh"
 kernel = "$E2E_IMAGES/vmlinuz"
 ramdisk = "$E2E_IMAGES/guest.cpio.gz"
-extra = "console=hvc0 rdinit=/init quiet"
+extra = "console=hvc0 rdinit=/init quiet e2e.diskblocks=/dev/xvda"
 memory = 128
 vcpus = 1
 disk = [ "format=raw,vdev=xvda,access=rw,target=/tmp/e2e-disk.img" ]
