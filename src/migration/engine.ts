@@ -12,6 +12,7 @@ import { JobValidationError, oneLine } from './errors.js';
 import { parseDomid, validateRequest, type JobRequest } from './job-schema.js';
 import { JobRun, type JobStart } from './job-run.js';
 import { JobWriter } from './job-writer.js';
+import { timelineHook, type JobEndReport } from './timeline-recorder.js';
 import { domidOfKey, withLogContext } from './log-context.js';
 import { classifyJobPath, JOBS, jobPath, PROTOCOL_VERSION, PROTOCOL_VERSION_PATH, ROOT } from './paths.js';
 import { Semaphore } from './semaphore.js';
@@ -24,6 +25,8 @@ export interface EngineOptions {
   log: Logger;
   registry?: DeviceRegistry;
   onMark?(domid: number, mark: string, atMs: number): void;
+  /** Each job's end (done or final) with its timeline figures: the agent's summary line, metrics. */
+  onJobEnd?(report: JobEndReport): void;
 }
 
 /** Nodes the agent writes in a job dir; cleared when a new request replaces a finished job. */
@@ -40,6 +43,8 @@ const AGENT_NODES = [
   'accepted-mode',
   'control',
   'source',
+  'name',
+  'timeline',
 ];
 
 /** States after the domain was suspended: a draining agent lets these finish within its bound. */
@@ -625,9 +630,9 @@ export class MigrationEngine {
     try {
       const found = await discoverDevices(this.xs, domid, this.index, this.registry, this.log);
       this.readOps += found.ops;
-      const needsName = found.devices.some((d) => this.registry.usesTool(d.ref.type));
-      const name = needsName ? await trustedDomainName(this.xs, domid, this.log) : undefined;
-      if (needsName) this.readOps += 4;
+      // The trusted name is recorded with the job (status and report name a domain that left).
+      const name = await trustedDomainName(this.xs, domid, this.log);
+      this.readOps += 4;
       run = new JobRun(
         domid,
         request,
@@ -640,7 +645,14 @@ export class MigrationEngine {
           deviceSlots: this.deviceSlots,
           writer,
           deviceTimeoutMs: (t) => registry.deviceTimeoutMs(t),
-          ...(this.opts.onMark !== undefined ? { onMark: this.opts.onMark } : {}),
+          onMark: timelineHook({
+            domid,
+            jobId: request.id,
+            ...(name !== undefined ? { name } : {}),
+            writer,
+            ...(this.opts.onMark !== undefined ? { forward: this.opts.onMark } : {}),
+            ...(this.opts.onJobEnd !== undefined ? { onEnd: this.opts.onJobEnd } : {}),
+          }),
         },
         name,
       );

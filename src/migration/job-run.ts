@@ -36,7 +36,7 @@ export interface JobRunDeps {
   deviceSlots: Semaphore;
   writer: JobWriter;
   deviceTimeoutMs(type: string): number;
-  /** Timing marks for benchmarks and tests: suspended, synced, finished. */
+  /** Timing marks (benchmarks, the timeline): suspended, synced, finished, phase/device start/end, resumed, end. */
   onMark?(domid: number, mark: string, atMs: number): void;
 }
 
@@ -45,6 +45,8 @@ interface DeviceSlot {
   /** Last mutating phase started on the device (recover is called with it). */
   lastPhase?: Phase;
   lastProgressWrite: number;
+  /** What the running operation last reported through progress() (the timeline's bytes). */
+  reported?: number;
 }
 
 type Outcome = { ok: true } | { ok: false; reason: string };
@@ -198,9 +200,11 @@ export class JobRun {
     // An outcome that needs a look stands out by level (docs/operations.md, "Log levels").
     const meta = { event: ev.type, ...(extra.error !== undefined ? { error: extra.error } : {}) };
     if (next === 'failed') this.log.error(line, meta);
-    else if (next === 'aborted' || next === 'refused') this.log.warn(line, meta);
+    // An abort before anything changed (a `check`, a requester's change of mind) is not a problem.
+    else if (next === 'refused' || (next === 'aborted' && ev.type !== 'abort')) this.log.warn(line, meta);
     else this.log.info(line, meta);
     this.state = next;
+    if (isTerminal(next) || next === 'done') this.deps.onMark?.(this.domid, `end:${next}`, now());
     const nodes = { ...this.deferred, ...extra, state: next };
     if (how === 'defer') {
       this.deferred = nodes;
@@ -305,6 +309,7 @@ export class JobRun {
 
   /** Runs the whole job; never rejects. */
   async run(start: JobStart = { kind: 'new' }): Promise<void> {
+    this.deps.onMark?.(this.domid, `start:${start.kind}`, now());
     try {
       if (this.request.deadlineSec !== undefined) {
         const t = setTimeout(
@@ -507,6 +512,7 @@ export class JobRun {
       signal,
       log: withLogContext(this.jobLog, () => ({ device: `${type}/${devid}` })),
       progress: (done, total) => {
+        slot.reported = Math.floor(done);
         const at = Date.now();
         if (at - slot.lastProgressWrite < 1000 && done < total) return;
         slot.lastProgressWrite = at;
@@ -530,6 +536,8 @@ export class JobRun {
     } catch (err) {
       return { ok: false, reason: oneLine((err as Error).message) };
     }
+    slot.reported = undefined;
+    this.deps.onMark?.(this.domid, `device-start:${what}`, now());
     const ac = new AbortController();
     const onParent = (): void => ac.abort(parent.reason);
     parent.addEventListener('abort', onParent, { once: true });
@@ -602,6 +610,12 @@ export class JobRun {
                 await (op as (c: OpContext) => Promise<unknown>).call(m, ctx);
                 return { ok: true };
               },
+            );
+            const result = `${outcome.ok ? 'ok' : 'failed'}:${slot.reported ?? ''}`;
+            this.deps.onMark?.(
+              this.domid,
+              `device-end:${type}/${devid} ${PHASE_LABEL[phase]}:${result}`,
+              now(),
             );
           }
           done += 1;
@@ -710,6 +724,7 @@ export class JobRun {
       this.sourceGone ||
       (await this.deps.domains.info(this.domid).catch(() => undefined)) === undefined;
     const recoverMs = this.deps.config.timeouts.recoverMs;
+    this.deps.onMark?.(this.domid, 'phase-start:recover', now());
     const ctl = new AbortController();
     setMaxListeners(0, ctl.signal);
     const timer = setTimeout(() => ctl.abort(new EngineTimeoutError('recover', recoverMs)), recoverMs);
@@ -736,6 +751,8 @@ export class JobRun {
                 return { ok: true };
               },
             );
+            const result = `${r.ok ? 'ok' : 'failed'}:${slot.reported ?? ''}`;
+            this.deps.onMark?.(this.domid, `device-end:${type}/${devid} recover:${result}`, now());
             if (r.ok) this.deps.writer.device(type, devid, { state: 'recovered' });
             else {
               failures.push(`${type}/${devid}: ${r.reason}`);
@@ -783,12 +800,14 @@ export class JobRun {
         }
         if (info !== undefined && (info.paused || (info.shutdown && info.shutdownReason === 'suspend'))) {
           await bounded(this.deps.domains.resume(this.domid), recoverMs, 'resume');
+          this.deps.onMark?.(this.domid, 'resumed', now());
           this.log.info(`job ${this.domid}: domain resumed at the source`);
         }
       } catch (err) {
         resumeError = oneLine(`resume failed: ${(err as Error).message}`);
       }
     }
+    this.deps.onMark?.(this.domid, 'phase-end:recover', now());
     const ok = failures.length === 0 && resumeError === undefined;
     const parts = [this.abortWhy];
     if (failures.length > 0) parts.push(`recover failed for ${failures.join('; ')}`);
