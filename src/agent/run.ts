@@ -1,7 +1,6 @@
 // Runs the daemon as a process: builds the logger, readiness notifier, connection factory and
 // engine, installs the signal handlers (SIGTERM/SIGINT drain, SIGHUP reload) and resolves with
 // the exit code. The CLI's `agent` command is a thin call of runAgent().
-import { readFileSync } from 'node:fs';
 import { loadConfig } from '../config/load.js';
 import { ConfigError, type DevMigrateConfig } from '../config/schema.js';
 import { ExitCode, type ExitCodeValue } from '../cli/exit-codes.js';
@@ -11,6 +10,7 @@ import { createEngine } from './engine-adapter.js';
 import { connectAnyTransport } from './connect.js';
 import { createLogger, type LogFormat, type LogLevel, type Logger } from './logger.js';
 import { createNotifier } from './sd-notify.js';
+import { packageVersion } from '../version.js';
 
 export interface RunAgentOptions {
   configPath?: string;
@@ -22,26 +22,7 @@ export interface RunAgentOptions {
   logger?: Logger;
 }
 
-/** package.json's version, read once (the agent announces it). */
-export function packageVersion(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
-      version?: unknown;
-    };
-    if (typeof pkg.version === 'string') return pkg.version;
-  } catch {
-    // Running from the source tree (tsx/vitest): one level less.
-  }
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
-      version?: unknown;
-    };
-    if (typeof pkg.version === 'string') return pkg.version;
-  } catch {
-    // fall through
-  }
-  return 'unknown';
-}
+export { packageVersion } from '../version.js';
 
 export async function runAgent(opts: RunAgentOptions = {}): Promise<ExitCodeValue> {
   const logger =

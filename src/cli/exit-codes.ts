@@ -22,6 +22,13 @@ export const ExitCode = {
   TIMEOUT: 9,
   /** Bad command line or argument (unknown command, bad host name, bad step). */
   USAGE: 64,
+  /**
+   * Interrupted (128 + the signal): the command stopped what it started before exiting (a job
+   * aborted, its devices recovered); 130 for Ctrl-C (SIGINT), 129 SIGHUP, 143 SIGTERM.
+   */
+  HANGUP: 129,
+  INTERRUPTED: 130,
+  TERMINATED: 143,
   /** An unexpected internal error (a bug: please report it with the log). */
   SOFTWARE: 70,
   /** The configuration file is malformed; the key and reason are printed. systemd does not restart on it. */
@@ -32,7 +39,7 @@ export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
 /** A CLI failure that carries its exit code; main() prints the message and exits with the code. */
 export class CliError extends Error {
-  override readonly name = 'CliError';
+  override readonly name: string = 'CliError';
   constructor(
     message: string,
     readonly code: ExitCodeValue,

@@ -11,7 +11,7 @@ import { createInterface } from 'node:readline';
 import { Writable } from 'node:stream';
 import { main } from '../../src/cli/main.js';
 import { ExitCode } from '../../src/cli/exit-codes.js';
-import { startSim, type RunningSim } from '../../src/cli/commands/sim-serve.js';
+import { startSim, type RunningSim } from '../../xen-mocks/sim-kit.js';
 import { removeJob, writeRequest } from '../../src/cli/job-client.js';
 import { connectXenStore } from '../../src/xenstore/index.js';
 import type { XenStore } from '../../src/xenstore/types.js';
