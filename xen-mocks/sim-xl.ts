@@ -34,6 +34,10 @@ const ROUND_MS = num('SIM_XL_ROUND_MS', 600);
 /** libxl waits 60 s for the ack and 60 s for the suspend; a simulated host has less patience. */
 const SUSPEND_TIMEOUT_MS = num('SIM_XL_SUSPEND_TIMEOUT_MS', 10_000);
 const STREAM_TIMEOUT_MS = 30_000;
+/** The last round, the guest suspended (its dirty pages); default a sixth of a round. */
+const LAST_ROUND_MS = num('SIM_XL_LAST_ROUND_MS', Math.round(ROUND_MS / 6));
+/** Between "Target has acknowledged transfer" and the permission to start (a slow final handshake). */
+const ACK_DELAY_MS = num('SIM_XL_ACK_DELAY_MS', 0);
 const execFileP = promisify(execFile);
 
 const say = (line: string): void => void process.stderr.write(`${line}\n`);
@@ -209,10 +213,10 @@ async function migrate(args: string[]): Promise<number> {
       if (suspended) await dc?.resume(dom.domid).catch((e: unknown) => say(`resume failed: ${String(e)}`));
       return 1;
     };
-    if (!(await send(`config name=${dom.name} memory=${memKb}\n`))) return failedResume();
+    if (!(await send(`config name=${dom.name} memory=${memKb}\n`))) return await failedResume();
     for (let round = 1; round <= 3; round++) {
       await sleep(Math.round((ROUND_MS * (4 - round)) / 3));
-      if (!(await send(`round ${round}\n`))) return failedResume();
+      if (!(await send(`round ${round}\n`))) return await failedResume();
     }
     try {
       await dc.suspend(dom.domid, { ackTimeoutMs: SUSPEND_TIMEOUT_MS, suspendTimeoutMs: SUSPEND_TIMEOUT_MS });
@@ -225,11 +229,12 @@ async function migrate(args: string[]): Promise<number> {
       say('Migration failed, failed to suspend at sender.');
       return 1;
     }
-    await sleep(Math.round(ROUND_MS / 6));
-    if (!(await send('round final\nend\n'))) return failedResume();
-    if ((await lines.next()) !== 'ready') return failedResume();
+    await sleep(LAST_ROUND_MS);
+    if (!(await send('round final\nend\n'))) return await failedResume();
+    if ((await lines.next()) !== 'ready') return await failedResume();
     say('migration sender: Target has acknowledged transfer.');
     await xs.write(`/local/domain/${dom.domid}/name`, `${dom.name}--migratedaway`);
+    await sleep(ACK_DELAY_MS);
     // Point of no return: as soon as we have tried to say "go" to the receiver.
     say('migration sender: Giving target permission to start.');
     const badly = (): number => {
@@ -245,7 +250,7 @@ async function migrate(args: string[]): Promise<number> {
     if (report !== 'report 0') {
       say(`migration sender: Target reports startup failure (status code ${report.slice(7)}).`);
       await xs.write(`/local/domain/${dom.domid}/name`, dom.name);
-      return failedResume();
+      return await failedResume();
     }
     say('migration sender: Target reports successful startup.');
     await reap();

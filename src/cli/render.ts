@@ -52,12 +52,17 @@ export function figureLines(job: JobView): string[] {
   let down = '';
   if (t.suspended !== undefined) {
     const devs =
-      f.devicesDowntimeMs !== undefined ? `; devices ready after ${formatDuration(f.devicesDowntimeMs)}` : '';
+      f.devicesDowntimeMs !== undefined && job.state === 'done'
+        ? `; devices ready after ${formatDuration(f.devicesDowntimeMs)}`
+        : '';
     if (f.downtimeMs !== undefined) {
-      const how = f.downtimeEnd === 'unpaused' ? 'unpaused at the destination' : 'resumed here';
+      const how = f.downtimeEnd === 'unpaused' ? 'unpaused at the destination' : 'running here again';
       down = `downtime ${formatDuration(f.downtimeMs)} (stopped ${formatClock(t.suspended)}, ${how}${devs})`;
     } else {
-      down = `downtime: open, the guest stopped ${formatClock(t.suspended)} and waits for the toolstack${devs}`;
+      down =
+        job.state === 'done'
+          ? `downtime: open, the guest stopped ${formatClock(t.suspended)} and waits for the toolstack${devs}`
+          : `downtime: open, the guest stopped ${formatClock(t.suspended)}; the toolstack that suspended it resumes it`;
     }
   } else if (job.state !== undefined && job.state !== 'refused') {
     down = 'downtime 0 (the guest was never stopped)';
@@ -69,7 +74,8 @@ export function figureLines(job: JobView): string[] {
   });
   if (phases.length > 0) lines.push(`  phases: ${phases.join(', ')}`);
   if (f.bytes > 0) lines.push(`  copied: ${formatBytes(f.bytes)}`);
-  if (f.failedOps.length > 0) lines.push(`  failed operations: ${f.failedOps.join(', ')}`);
+  if (f.failedOps.length > 0)
+    lines.push(`  operations not completed (failed or stopped): ${f.failedOps.join(', ')}`);
   return lines;
 }
 

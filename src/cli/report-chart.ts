@@ -119,6 +119,7 @@ export function buildChart(job: JobView, now: number = Date.now()): Chart | unde
     xl.spans.push({ kind: 'xl', start: ts.migrateStart, end: ts.migrateEnd ?? t1 });
     if (ts.pointOfNoReturn !== undefined) xl.marks.push([ts.pointOfNoReturn, '!', 'point of no return']);
     if (ts.unpaused !== undefined) xl.marks.push([ts.unpaused, 'u', 'unpaused at the destination']);
+    if (ts.resumedHere !== undefined) xl.marks.push([ts.resumedHere, 'R', 'running at the source again']);
     rows.push(xl);
   }
 

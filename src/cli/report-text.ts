@@ -64,6 +64,6 @@ export function chartLines(chart: Chart, width: number): string[] {
 
 export const LEGEND = [
   't test  p pre-suspend  s post-suspend  y sync  r recover  (capital: failed)  . nothing to do',
-  'x xl migrate  ! xl past its point of no return  u unpaused at the destination',
+  'x xl migrate  ! xl past its point of no return  u unpaused at the destination  R running here again',
   '= guest running  # guest stopped (the downtime; also marked on the axis)',
 ];

@@ -44,6 +44,8 @@ export interface ToolstackMarks {
   migrateEnd?: number;
   /** The guest was unpaused at the destination. */
   unpaused?: number;
+  /** The guest runs at the source again after xl failed (xl resumed it, or the requester did). */
+  resumedHere?: number;
 }
 
 export interface JobTimeline {
@@ -73,6 +75,7 @@ export const TOOLSTACK_NODES: Readonly<Record<keyof ToolstackMarks, string>> = {
   pointOfNoReturn: 'point-of-no-return',
   migrateEnd: 'migrate-end',
   unpaused: 'unpaused',
+  resumedHere: 'resumed',
 };
 
 function spanText(s: Span): string {
@@ -246,6 +249,7 @@ export function figures(t: JobTimeline): TimelineFigures {
     // a resume here (recovery) or that unpause, when the requester recorded it, closes the window.
     const closers: [DowntimeEnd, number | undefined][] = [
       ['resumed', t.resumed],
+      ['resumed', t.toolstack.resumedHere],
       ['unpaused', t.toolstack.unpaused],
     ];
     const found = closers

@@ -23,6 +23,7 @@ import {
   type JobView,
 } from '../job-client.js';
 import { LiveDisplay } from '../live-view.js';
+import { domainState } from '../domain-state.js';
 import { requireAgent, resolveMigratable } from '../preflight.js';
 import { deviceLines, jobLine, jobSummary } from '../render.js';
 import { parseDestination } from '../target.js';
@@ -130,19 +131,20 @@ async function toolstackVerdict(
       ],
     };
   }
-  if (t.ended && here) {
+  const state = here ? await domainState(xs, job.domid) : 'gone';
+  if (t.ended && here && (state === 'running' || state === 'unknown')) {
     return {
       code: ExitCode.OK,
-      msg: `aborted: devices recovered; xl stopped before its point of no return and resumed ${name} here`,
+      msg: `aborted: devices recovered; xl stopped before its point of no return and ${name} runs here${state === 'unknown' ? ' (as xl says; its state could not be read)' : ''}`,
       hints: [],
     };
   }
   return {
     code: ExitCode.UNCERTAIN,
-    msg: `aborted: the devices are recovered, but ${name} was suspended by the toolstack (xl), which has not said that it resumed it`,
+    msg: `aborted: the devices are recovered, but ${name} was suspended by the toolstack (xl) and is ${state === 'unknown' ? 'in a state that could not be read' : state} here`,
     hints: [
       `on this host: xl list ${name} (state s: still suspended)`,
-      'the toolstack that suspended it resumes it (xl does when its migration fails)',
+      'the toolstack that suspended it resumes it (devmigrate migrate does when xl fails before its point of no return)',
     ],
   };
 }
@@ -204,9 +206,12 @@ export async function abortCommand(
     }
     const full = (await readJob(xs, dom.domid, { timeline: true })) ?? job;
     const shownJob = { ...full, name: full.name ?? dom.name };
+    const ok = full.state === 'aborted' || full.state === 'refused';
     let verdict: { code: ExitCodeValue; msg: string; hints: string[] } = {
-      code: full.state === 'aborted' || full.state === 'refused' ? ExitCode.OK : ExitCode.FAILURE,
-      msg: '',
+      code: ok ? ExitCode.OK : ExitCode.FAILURE,
+      msg: ok
+        ? `aborted: devices recovered; ${shownJob.name} ${full.timeline?.resumed !== undefined ? 'resumed and ' : ''}running here`
+        : `the job ended ${full.state ?? '?'}: ${full.error ?? 'see devmigrate status'}`,
       hints: [],
     };
     if (full.suspendedBy === 'toolstack' && full.timeline?.suspended !== undefined)

@@ -26,6 +26,7 @@ import { LiveDisplay } from '../live-view.js';
 import { resolveMigratable } from '../preflight.js';
 import { jobSummary } from '../render.js';
 import { expand, parseDestination, type Destination } from '../target.js';
+import { domainState, resumeIfSuspended } from '../domain-state.js';
 import { failureOfOutput, startXl, type XlResult, type XlRun } from '../xl-run.js';
 import { figures } from '../../migration/timeline.js';
 
@@ -95,6 +96,18 @@ export async function migrateCommand(ctx: CliContext, args: MigrateArgs): Promis
   const dest = parseDestination(args.destination);
   return withXenStore(ctx, async (xs) => {
     const dom = await resolveMigratable(xs, args.domain);
+    // Only a running guest: xl's suspend is what the agent waits for, and one already suspended
+    // or paused (by an earlier failure, an administrator) would look like it.
+    const state = await domainState(xs, dom.domid);
+    if (state !== 'running' && state !== 'unknown') {
+      throw new CliError(
+        `${dom.name} (id ${dom.domid}) is ${state} here; migrate a running guest`,
+        ExitCode.FAILURE,
+        [
+          `xl list ${dom.name}; a suspended guest left by a failed migration: devmigrate status ${dom.domid} says which`,
+        ],
+      );
+    }
     return new Migration(ctx, xs, dom, dest, args).run();
   });
 }
@@ -105,6 +118,8 @@ class Migration {
   private readonly display: LiveDisplay;
   private readonly ssh: string[];
   private xl: XlRun | undefined;
+  /** An interrupt past the point of no return was answered already: later stages do not repeat it. */
+  private declined = false;
 
   constructor(
     private readonly ctx: CliContext,
@@ -173,15 +188,28 @@ class Migration {
     } catch (err) {
       if (!(err instanceof InterruptedError)) throw err;
       const end = await this.abortJob();
+      const recovered =
+        end?.state === 'aborted' || end?.state === 'failed'
+          ? 'devices recovered'
+          : `job ${end?.state ?? 'state unknown'}`;
       return {
         code: SIGNAL_EXIT[err.signalName],
-        msg: `interrupted before xl ran: the job was aborted (${end?.state ?? 'state unknown'}); ${this.dom.name} keeps running here`,
+        msg: `interrupted before xl ran: job aborted, ${recovered}; ${this.dom.name} keeps running here`,
       };
     }
     if (ready?.state === 'suspending') return undefined;
+    const state = await domainState(this.xs, this.dom.domid);
     return {
-      code: ready?.state === 'refused' ? ExitCode.REFUSED : ExitCode.ABORTED,
-      msg: `not migrated: the job ended ${ready?.state ?? '?'}; ${this.dom.name} keeps running here`,
+      code:
+        ready?.state === 'refused'
+          ? ExitCode.REFUSED
+          : state === 'running'
+            ? ExitCode.ABORTED
+            : ExitCode.UNCERTAIN,
+      msg: `not migrated: the job ended ${ready?.state ?? '?'} before xl ran; ${this.dom.name} is ${state} here`,
+      ...(state !== 'running'
+        ? { keep: true, hints: [`devmigrate status ${this.dom.domid}`, `xl list ${this.dom.name}`] }
+        : {}),
     };
   }
 
@@ -252,6 +280,7 @@ class Migration {
 
     // Ctrl-C: before the point of no return, the same; past it, say where the guest is.
     let interrupted: InterruptedError | undefined;
+    let stopped = false;
     let leaveNow: (() => void) | undefined;
     const left = new Promise<'left'>((resolve) => (leaveNow = () => resolve('left')));
     const onInterrupt = (): void => {
@@ -259,6 +288,7 @@ class Migration {
       interrupted = reason instanceof InterruptedError ? reason : new InterruptedError('SIGINT');
       const what = xl.cancel();
       if (what === 'transport-stopped' || what === 'no-transport') {
+        stopped = true;
         this.say(
           what === 'transport-stopped'
             ? 'interrupted: stopping xl before its point of no return; xl resumes the guest here'
@@ -267,6 +297,7 @@ class Migration {
         void writeControl(this.xs, this.dom.domid, 'abort').catch(() => undefined);
         return;
       }
+      this.declined = true;
       this.say(`interrupted, but ${this.whereNow()}`);
       this.say('going on to the unpause at the destination; Ctrl-C again leaves now');
       this.ctx.interrupt?.onRepeat(() => leaveNow?.());
@@ -279,12 +310,19 @@ class Migration {
     stopWatching.abort();
     await jobWatch;
     if (res === 'left') return { kind: 'outcome', outcome: this.leftEarly() };
-    await writeToolstackMark(this.xs, this.dom.domid, 'migrateEnd').catch(() => undefined);
+    const xlEnded = Date.now();
     if (res.code === 0) {
-      if (interrupted !== undefined && !res.cancelled) this.say(`xl finished anyway: ${this.dom.name} moved`);
+      await writeToolstackMark(this.xs, this.dom.domid, 'migrateEnd', xlEnded).catch(() => undefined);
+      // Stopped just as xl passed its point of no return: it finished; say so before going on.
+      if (stopped && !res.cancelled)
+        this.say(`xl finished before it could be stopped: ${this.dom.name} moved`);
       return { kind: 'synced-next' };
     }
-    return { kind: 'outcome', outcome: await this.afterXlFailure(res, interrupted, abortedBy) };
+    const outcome = await this.afterXlFailure(res, interrupted, abortedBy, xlEnded);
+    // Written once the source is settled (devices recovered, guest checked): `devmigrate abort`
+    // waits for it before it says where the guest is.
+    await writeToolstackMark(this.xs, this.dom.domid, 'migrateEnd', xlEnded).catch(() => undefined);
+    return { kind: 'outcome', outcome };
   }
 
   /** Where the guest is once xl is past its point of no return (for a Ctrl-C and early exits). */
@@ -312,35 +350,55 @@ class Migration {
     xl: XlResult,
     interrupted: InterruptedError | undefined,
     abortedBy: string | undefined,
+    xlEnded: number,
   ): Promise<Outcome> {
     const said = lastLines(xl.output).map((l) => `xl said: ${l}`);
     const how = xl.timedOut
       ? `timed out after ${Math.round(this.args.timeoutMs / 1000)} s`
       : `exit ${xl.code ?? xl.signal ?? '?'}`;
-    // The agent recovers the devices; xl itself resumed a guest it had suspended.
+    // The agent recovers the devices first; xl's failure path resumed the guest, or meant to
+    // (it ignores the result): the guest's real state decides, and a guest xl left suspended
+    // here is resumed now, the devices recovered.
     const end = await this.abortJob();
     const name = await this.xs.tryRead(`/local/domain/${this.dom.domid}/name`);
     const stillHere = name === this.dom.name;
     const failure = failureOfOutput(xl.output);
+    const settled = end === undefined || end.state === 'aborted' || end.state === 'failed';
+    const guest =
+      stillHere && failure !== 'undefined-state' && settled
+        ? await resumeIfSuspended(this.xs, this.dom.domid)
+        : { state: 'unknown' as const, resumed: false };
+    if (guest.state === 'running') {
+      // The window the guest stood still closes here (when xl resumed it, or we did).
+      const at = guest.resumed ? Date.now() : xlEnded;
+      await writeToolstackMark(this.xs, this.dom.domid, 'resumedHere', at).catch(() => undefined);
+    }
     if (
       stillHere &&
       failure !== 'undefined-state' &&
-      (end === undefined || end.state === 'aborted' || end.state === 'failed')
+      settled &&
+      (guest.state === 'running' || guest.state === 'unknown')
     ) {
       const why = interrupted
         ? `interrupted: xl migrate was stopped before its point of no return`
         : abortedBy !== undefined
           ? `aborted (${abortedBy}): xl migrate was stopped before its point of no return`
           : `aborted: xl migrate failed (${how})`;
+      const state =
+        guest.state === 'unknown'
+          ? 'xl says it resumed it here (its state could not be read)'
+          : guest.resumed
+            ? 'xl left it suspended: resumed here, it is running'
+            : 'it is running here';
       return {
         code: interrupted ? SIGNAL_EXIT[interrupted.signalName] : ExitCode.ABORTED,
-        msg: `${why}; ${this.dom.name} is running here, its devices ${end?.recovered === '0' ? 'NOT all recovered (see the error)' : 'recovered'}`,
+        msg: `${why}; ${this.dom.name}: ${state}; its devices ${end?.recovered === '0' ? 'NOT all recovered (see the error)' : 'recovered'}`,
         hints: interrupted ? [] : said,
       };
     }
     return {
       code: ExitCode.UNCERTAIN,
-      msg: `UNCERTAIN: xl migrate failed (${how}) and where ${this.dom.name} runs is not clear`,
+      msg: `UNCERTAIN: xl migrate failed (${how}) and where ${this.dom.name} runs is not clear${stillHere && guest.state !== 'unknown' ? ` (here it is ${guest.state})` : ''}`,
       keep: true,
       hints: [
         stillHere
