@@ -5,6 +5,7 @@
 // <dir>/bin, and an agent configuration that fits the host (<dir>/devmigrate.json).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { chmod, mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -152,10 +153,13 @@ export async function startSim(opts: {
   };
 }
 
-/** dist/xen-mocks/sim-xl.js (the stand-in xl), next to this file once compiled. */
+/** The compiled stand-in xl: next to this file in dist/, or dist/xen-mocks/ from the sources (tests). */
 function simXlScript(): string {
   const here = dirname(fileURLToPath(import.meta.url));
-  return join(here, 'sim-xl.js');
+  for (const c of [join(here, 'sim-xl.js'), join(here, '..', 'dist', 'xen-mocks', 'sim-xl.js')]) {
+    if (existsSync(c)) return c;
+  }
+  throw new Error('the stand-in xl (dist/xen-mocks/sim-xl.js) is missing: run npm run build');
 }
 
 function shQuote(v: string): string {

@@ -7,7 +7,7 @@
 // itself ("Migration failed, resuming at sender"). Killing xl instead could leave the guest
 // suspended with nobody to resume it.
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, readSync, watch, type FSWatcher } from 'node:fs';
 
 /** How far xl got, in order. */
 export type XlStage = 'sending' | 'acknowledged' | 'go' | 'started-at-target';
@@ -41,10 +41,12 @@ export interface XlResult {
   cancelled: boolean;
 }
 
-export type CancelOutcome = 'transport-stopped' | 'too-late' | 'no-transport' | 'finished';
+export type CancelOutcome = 'transport-stopped' | 'xl-stopped' | 'too-late' | 'finished';
 
 export interface XlRun {
   readonly pid: number | undefined;
+  /** Where xl's output goes (a file: xl must outlive us when we leave early). */
+  readonly logFile: string;
   /** Furthest stage seen so far. */
   readonly stage: XlStage;
   /** Past the point of no return: the destination has the memory; nothing can be undone. */
@@ -53,7 +55,8 @@ export interface XlRun {
   onStage(cb: (stage: XlStage, atMs: number) => void): void;
   /**
    * Before the point of no return: stops xl's transport so that xl fails and resumes the guest
-   * at the source. Too late once xl said the target acknowledged the transfer.
+   * at the source (xl itself when it has no transport yet). Too late once xl said the target
+   * acknowledged the transfer.
    */
   cancel(): CancelOutcome;
 }
@@ -92,7 +95,11 @@ function killTree(pid: number, sig: NodeJS.Signals): void {
   }
 }
 
-export function startXl(argv: readonly string[], timeoutMs: number): XlRun {
+/**
+ * Starts xl with its output in `logFile` (not a pipe: if we leave before xl ends, xl must not
+ * meet a closed pipe in its final handshake), which is followed for xl's stages.
+ */
+export function startXl(argv: readonly string[], timeoutMs: number, logFile: string): XlRun {
   const [cmd, ...rest] = argv;
   let stage: XlStage = 'sending';
   let output = '';
@@ -100,7 +107,9 @@ export function startXl(argv: readonly string[], timeoutMs: number): XlRun {
   let timedOut = false;
   let finished = false;
   const listeners: ((s: XlStage, at: number) => void)[] = [];
-  const child = spawn(cmd ?? 'xl', rest, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const out = openSync(logFile, 'w');
+  const child = spawn(cmd ?? 'xl', rest, { stdio: ['ignore', out, out], detached: true });
+  closeSync(out);
   const advance = (s: XlStage): void => {
     if (STAGE_ORDER.indexOf(s) <= STAGE_ORDER.indexOf(stage)) return;
     stage = s;
@@ -108,29 +117,61 @@ export function startXl(argv: readonly string[], timeoutMs: number): XlRun {
     for (const l of listeners) l(s, at);
   };
   let partial = '';
-  const keep = (b: Buffer): void => {
-    const text = b.toString();
-    output = (output + text).slice(-16_384);
-    partial += text;
-    const lines = partial.split(/\r\n|\n|\r/);
-    partial = lines.pop() ?? '';
-    for (const l of lines) {
-      const s = stageOfLine(l);
-      if (s !== undefined) advance(s);
+  let offset = 0;
+  const reader = openSync(logFile, 'r');
+  const buf = Buffer.alloc(65_536);
+  const follow = (): void => {
+    for (;;) {
+      let n: number;
+      try {
+        n = readSync(reader, buf, 0, buf.length, offset);
+      } catch {
+        return;
+      }
+      if (n <= 0) return;
+      offset += n;
+      const text = buf.subarray(0, n).toString();
+      output = (output + text).slice(-16_384);
+      partial += text;
+      const lines = partial.split(/\r\n|\n|\r/);
+      partial = lines.pop() ?? '';
+      for (const l of lines) {
+        const s = stageOfLine(l);
+        if (s !== undefined) advance(s);
+      }
     }
   };
-  child.stdout.on('data', keep);
-  child.stderr.on('data', keep);
+  // inotify tells when xl wrote; no polling.
+  let watcher: FSWatcher | undefined;
+  try {
+    watcher = watch(logFile, () => follow());
+  } catch {
+    watcher = undefined;
+  }
+  const stopFollowing = (): void => {
+    follow();
+    watcher?.close();
+    try {
+      closeSync(reader);
+    } catch {
+      // closed already
+    }
+  };
 
   const stopTransport = (): CancelOutcome => {
     if (finished) return 'finished';
     if (stage !== 'sending') return 'too-late';
     const pid = child.pid;
-    if (pid === undefined) return 'no-transport';
+    if (pid === undefined) return 'finished'; // never started
     // libxl's save helper is xl's child too: it must finish its own failure path, not be killed.
     const transports = childrenOf(pid).filter((c) => !c.comm.startsWith('libxl-save-hel'));
-    if (transports.length === 0) return 'no-transport';
     cancelled = true;
+    if (transports.length === 0) {
+      // No transport yet: xl has not begun to send, so it cannot have suspended the guest; it is
+      // stopped itself (and a guest found suspended afterwards is resumed by the caller).
+      child.kill('SIGTERM');
+      return 'xl-stopped';
+    }
     for (const t of transports) killTree(t.pid, 'SIGTERM');
     const hard = setTimeout(() => {
       for (const t of transports) killTree(t.pid, 'SIGKILL');
@@ -144,16 +185,18 @@ export function startXl(argv: readonly string[], timeoutMs: number): XlRun {
       timedOut = true;
       // Bounded like every wait: before the point of no return xl is made to fail cleanly;
       // past it, killing xl would only leave its final handshake undone, so it is let run.
-      if (stopTransport() === 'no-transport' && stage === 'sending') child.kill('SIGTERM');
+      stopTransport();
     }, timeoutMs);
     child.on('error', (err) => {
       clearTimeout(timer);
       finished = true;
+      stopFollowing();
       resolve({ code: 127, signal: null, output: `${output}${err.message}`, stage, timedOut, cancelled });
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       finished = true;
+      stopFollowing();
       if (partial !== '') {
         const s = stageOfLine(partial);
         if (s !== undefined) advance(s);
@@ -163,6 +206,7 @@ export function startXl(argv: readonly string[], timeoutMs: number): XlRun {
   });
 
   return {
+    logFile,
     get pid() {
       return child.pid;
     },

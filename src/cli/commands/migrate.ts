@@ -5,6 +5,9 @@
 // remote shell. (4) Print the summary. Ctrl-C before xl's point of no return aborts everything
 // (xl resumes the guest here); past it, the command says where the guest is and goes on.
 import { spawn } from 'node:child_process';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { XenStore } from '../../xenstore/types.js';
 import { CliError, ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { println, printJson, withXenStore, type CliContext } from '../context.js';
@@ -246,7 +249,11 @@ class Migration {
     const argv = this.xlArgv();
     this.say(`devices ready; running: ${shown(argv)}`);
     await writeToolstackMark(this.xs, this.dom.domid, 'migrateStart');
-    const xl = startXl(argv, this.args.timeoutMs);
+    const xl = startXl(
+      argv,
+      this.args.timeoutMs,
+      join(tmpdir(), `devmigrate-xl-${this.dom.name}-${process.pid}.log`),
+    );
     this.xl = xl;
     xl.onStage((stage, at) => {
       if (stage === 'acknowledged') {
@@ -272,8 +279,8 @@ class Migration {
         abortedBy =
           j === undefined ? 'the job was removed' : `the job went ${j.state}${j.error ? `: ${j.error}` : ''}`;
         const what = xl.cancel();
-        if (what === 'transport-stopped')
-          this.say(`${abortedBy}; stopping xl before its point of no return (xl resumes the guest here)`);
+        if (what === 'transport-stopped' || what === 'xl-stopped')
+          this.say(`${abortedBy}; stopping xl before its point of no return`);
       },
       () => undefined,
     );
@@ -287,12 +294,12 @@ class Migration {
       const reason = this.interrupt?.reason;
       interrupted = reason instanceof InterruptedError ? reason : new InterruptedError('SIGINT');
       const what = xl.cancel();
-      if (what === 'transport-stopped' || what === 'no-transport') {
+      if (what === 'transport-stopped' || what === 'xl-stopped') {
         stopped = true;
         this.say(
           what === 'transport-stopped'
             ? 'interrupted: stopping xl before its point of no return; xl resumes the guest here'
-            : 'interrupted: xl has no transport process to stop; waiting for xl',
+            : 'interrupted: stopping xl before it began to send',
         );
         void writeControl(this.xs, this.dom.domid, 'abort').catch(() => undefined);
         return;
@@ -310,6 +317,8 @@ class Migration {
     stopWatching.abort();
     await jobWatch;
     if (res === 'left') return { kind: 'outcome', outcome: this.leftEarly() };
+    // Its output is in hand (the last lines are shown on failure); xl is done with the file.
+    await rm(xl.logFile, { force: true });
     const xlEnded = Date.now();
     if (res.code === 0) {
       await writeToolstackMark(this.xs, this.dom.domid, 'migrateEnd', xlEnded).catch(() => undefined);
@@ -342,6 +351,7 @@ class Migration {
         `on ${this.dest.host}: \`${this.remote('xl', 'list', this.dom.name)}\` shows it paused once xl is done`,
         `when \`devmigrate status ${this.dom.domid}\` says done (devices synced): ${this.remote('xl', 'unpause', this.dom.name)}`,
         'do not unpause it before: its disks may not be in sync at the destination',
+        ...(this.xl !== undefined ? [`xl goes on without this command; its output: ${this.xl.logFile}`] : []),
       ],
     };
   }
