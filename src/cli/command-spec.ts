@@ -104,7 +104,7 @@ export const COMMANDS: readonly CommandSpec[] = [
         type: 'string',
         value: 'LEVEL',
         choices: LOG_LEVEL_NAMES,
-        describe: 'Lowest level logged; overrides the configuration file (logLevel) until the next reload',
+        describe: "Lowest level logged; wins over the configuration's logLevel, also after a reload",
       },
       {
         name: 'drain-timeout',
