@@ -27,6 +27,8 @@ export interface EngineOptions {
   onMark?(domid: number, mark: string, atMs: number): void;
   /** Each job's end (done or final) with its timeline figures: the agent's summary line, metrics. */
   onJobEnd?(report: JobEndReport): void;
+  /** Each job's start, with its domain's trusted name (log lines name the domain). */
+  onJobStart?(info: { domid: number; jobId: string; name?: string }): void;
 }
 
 /** Nodes the agent writes in a job dir; cleared when a new request replaces a finished job. */
@@ -652,6 +654,7 @@ export class MigrationEngine {
             writer,
             ...(this.opts.onMark !== undefined ? { forward: this.opts.onMark } : {}),
             ...(this.opts.onJobEnd !== undefined ? { onEnd: this.opts.onJobEnd } : {}),
+            ...(this.opts.onJobStart !== undefined ? { onStart: this.opts.onJobStart } : {}),
           }),
         },
         name,

@@ -23,6 +23,8 @@ export interface TimelineHookOptions {
   /** The engine's own mark listener (benchmarks), called after the timeline. */
   forward?: (domid: number, mark: string, atMs: number) => void;
   onEnd?: (report: JobEndReport) => void;
+  /** The job starts (new, or recovered/adopted after a restart): its domain's name, for log lines. */
+  onStart?: (info: { domid: number; jobId: string; name?: string }) => void;
   /** performance.now() -> epoch ms; injectable for tests. */
   toEpoch?: (perfMs: number) => number;
 }
@@ -37,6 +39,17 @@ export function timelineHook(opts: TimelineHookOptions): (domid: number, mark: s
   const toEpoch = opts.toEpoch ?? perfToEpoch;
   return (domid, mark, atMs) => {
     if (mark === 'start:new' && opts.name !== undefined) opts.writer.note('name', opts.name);
+    if (mark.startsWith('start:') && opts.onStart !== undefined) {
+      try {
+        opts.onStart({
+          domid: opts.domid,
+          jobId: opts.jobId,
+          ...(opts.name !== undefined ? { name: opts.name } : {}),
+        });
+      } catch {
+        // as for onEnd
+      }
+    }
     for (const [rel, value] of rec.apply(mark, toEpoch(atMs))) opts.writer.note(rel, value);
     if (mark.startsWith('end:') && opts.onEnd !== undefined) {
       const report: JobEndReport = {
