@@ -274,7 +274,7 @@ describe('devmigrate as a process on a simulated host', () => {
       '30',
     );
     expect(r.code, r.out + r.err).toBe(ExitCode.ABORTED);
-    expect(r.out).toContain('delta is running here');
+    expect(r.out).toContain('delta: it is running here');
     expect(r.out).toContain('xl said: xc: error: Failed to enable logdirty');
     const d = await sim.harness.getDomain(4);
     expect(d !== undefined && !d.shutdown && d.paused === 0).toBe(true);
