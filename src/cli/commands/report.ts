@@ -28,7 +28,7 @@ export async function reportCommand(
         ExitCode.FAILURE,
       );
     }
-    if (args.svg !== undefined) await writeFile(args.svg, renderSvg(chart));
+    if (args.svg !== undefined) await writeFile(args.svg, renderSvg(chart, zoomChart(chart)));
     if (ctx.json) {
       printJson(ctx, {
         ...view,
