@@ -163,7 +163,7 @@ describe('the timeline table (the demo, migrate)', () => {
       'job done',
       'unpaused at the destination',
     ]);
-    expect(t[1]).toMatch(/pre-suspend +\+0\.02 s +8\.98 s  128\.0 MiB$/);
+    expect(t[1]).toMatch(/pre-suspend +\+0\.02 s +8\.98 s {2}128\.0 MiB$/);
     expect(t[8]).toMatch(/\+10\.2 s +downtime 0\.40 s$/);
   });
 });
