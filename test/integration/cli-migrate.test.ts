@@ -72,6 +72,7 @@ describe('devmigrate migrate: Ctrl-C and abort against the stand-in xl', () => {
           guest(3, 'late'),
           guest(4, 'later'),
           guest(5, 'aborted'),
+          { ...guest(6, 'deaf'), simMode: 'never-ack' } as HostDescription['guests'][number],
         ],
       },
     });
@@ -85,7 +86,8 @@ describe('devmigrate migrate: Ctrl-C and abort against the stand-in xl', () => {
     await agent?.stop('SIGTERM');
     await xs?.close().catch(() => undefined);
     await sim?.stop().catch(() => undefined);
-    await rm(dir, { recursive: true, force: true });
+    if (process.env['KEEP_TEST_DIR'] === undefined) await rm(dir, { recursive: true, force: true });
+    else console.log('KEPT', dir);
   }, 90_000);
 
   /** Starts `devmigrate migrate -s sim-ssh <name> host-b` with the stand-in xl's timings. */
@@ -235,5 +237,43 @@ describe('devmigrate migrate: Ctrl-C and abort against the stand-in xl', () => {
     expect(ab.stdout).toContain('xl stopped before its point of no return and aborted runs here');
     expect(await domainRunning(sim.harness, 5)).toBe(true);
     expect(await atDestination('aborted')).toBeUndefined();
+  }, 60_000);
+
+  it('`devmigrate abort` ends at once when the requester removes the job it waits for (5), not after its timeout', async () => {
+    // A job whose agent suspend hangs on a guest that never acks: the abort has to wait for it.
+    const { writeRequest, removeJob } = await import('../../src/cli/job-client.js');
+    await writeRequest(xs, 6, { id: 'deaf-1', target: 'host-b', mode: 'auto', suspend: 'agent' });
+    await until(J(6), async () => (await xs.tryRead(`${J(6)}/state`)) === 'suspending', 'suspending').catch(
+      async (e: unknown) => {
+        throw new Error(
+          `${String(e)}; job: ${await xs.tryRead(`${J(6)}/state`)} ${await xs.tryRead(`${J(6)}/error`)}`,
+        );
+      },
+    );
+    const t0 = Date.now();
+    const ab = spawn(
+      process.execPath,
+      [builtCli(), '--config', join(dir, 'devmigrate.json'), 'abort', 'deaf', '--timeout', '120'],
+      {
+        env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let out = '';
+    ab.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    ab.stderr.on('data', (b: Buffer) => (out += b.toString()));
+    const code = new Promise<number | null>((r) => ab.once('exit', (c) => r(c)));
+    await until(J(6), async () => (await xs.tryRead(`${J(6)}/control`)) === 'abort', 'abort written');
+    await removeJob(xs, 6);
+    expect(await code, out).toBe(5);
+    expect(out).toContain('the job deaf-1 was removed by its requester before it reported the abort');
+    expect(Date.now() - t0).toBeLessThan(20_000);
+    await waitWatched(
+      xs,
+      '/local/domain/6',
+      async () => domainRunning(sim.harness, 6),
+      20_000,
+      'deaf running',
+    );
   }, 60_000);
 });

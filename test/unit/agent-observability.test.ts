@@ -238,3 +238,31 @@ describe('the summary line of a job', () => {
     ).toBe('warn');
   });
 });
+
+describe('tool output in the log', () => {
+  it('keeps what a tool says at info and its progress ticker (lines the caller consumed) at debug', async () => {
+    const { runTool } = await import('../../src/devices/external-tool.js');
+    const lines: string[] = [];
+    const at =
+      (level: string) =>
+      (m: string): void =>
+        void lines.push(`${level} ${m}`);
+    const log = { error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug') };
+    const r = await runTool(
+      '/bin/sh',
+      ['-c', 'echo "  1,048,576  50%  1.00MB/s  0:00:01"; echo "done, 1 file"'],
+      {
+        timeoutMs: 10_000,
+        killGraceMs: 500,
+        log,
+        argOk: () => true,
+        onLine: (l) => /%/.test(l),
+      },
+    );
+    expect(r.code).toBe(0);
+    expect(lines).toEqual([
+      'debug [/bin/sh]   1,048,576  50%  1.00MB/s  0:00:01',
+      'info [/bin/sh] done, 1 file',
+    ]);
+  });
+});
