@@ -344,8 +344,10 @@ function isEntryPoint(): boolean {
 
 if (isEntryPoint()) {
   const args = process.argv.slice(2);
-  // The agent has its own signal handling (drain); every other command stops what it started.
-  const interrupt = args[0] === 'agent' || commandOf(args)?.path[0] === 'agent' ? undefined : new Interrupt();
+  // The agent (drain) and the simulated host's supervisor (sim down) handle their own signals;
+  // every other command stops what it started.
+  const own = commandOf(args)?.path.join(' ');
+  const interrupt = args[0] === 'agent' || own === 'agent' || own === 'sim serve' ? undefined : new Interrupt();
   interrupt?.install((code) => process.exit(code));
   main(args, interrupt !== undefined ? { interrupt } : undefined).then(
     (rc) => {
