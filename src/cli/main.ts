@@ -347,7 +347,8 @@ if (isEntryPoint()) {
   // The agent (drain) and the simulated host's supervisor (sim down) handle their own signals;
   // every other command stops what it started.
   const own = commandOf(args)?.path.join(' ');
-  const interrupt = args[0] === 'agent' || own === 'agent' || own === 'sim serve' ? undefined : new Interrupt();
+  const interrupt =
+    args[0] === 'agent' || own === 'agent' || own === 'sim serve' ? undefined : new Interrupt();
   interrupt?.install((code) => process.exit(code));
   main(args, interrupt !== undefined ? { interrupt } : undefined).then(
     (rc) => {
