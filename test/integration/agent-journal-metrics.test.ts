@@ -143,6 +143,10 @@ describe('the agent to journald (native fields) and to Prometheus (textfile)', (
     // Nothing went to stdout: every entry reached the journal natively.
     expect(readFileSync(join(dir, 'stdout.log'), 'utf8')).not.toMatch(/job/);
 
+    // The textfile is rewritten just after the summary line: a bounded wait for that write.
+    const written = Date.now() + 10_000;
+    while (!prom().includes('devmigrate_jobs_total{outcome="done"} 1') && Date.now() < written)
+      await new Promise((r) => setTimeout(r, 50));
     const fams = parseExposition(prom());
     const sample = (f: string, n: string): number | undefined =>
       fams.get(f)?.samples.find(([x]) => x === n)?.[1];
