@@ -195,7 +195,10 @@ export async function abortCommand(
     }
     display.end();
     if (job === undefined || job.id !== before.id) {
-      const msg = `the job ${before.id ?? ''} was ${job === undefined ? 'removed' : 'replaced'} by its requester before it reported the abort`;
+      // No request left: removed (the agent, still recovering, may write its state into the
+      // removed directory again); another request: replaced.
+      const replaced = job?.id !== undefined;
+      const msg = `the job ${before.id ?? ''} was ${replaced ? 'replaced' : 'removed'} by its requester before it reported the abort`;
       if (ctx.json)
         printJson(ctx, { domid: dom.domid, name: dom.name, result: msg, exit: ExitCode.UNCERTAIN });
       else {
