@@ -16,6 +16,8 @@ export type DeviceDescription =
       mode?: 'r' | 'w';
       backend?: VbdBackendType;
       devtype?: 'disk' | 'cdrom';
+      /** The simulated host creates the image (random bytes) when it is missing. */
+      image?: { sizeMb: number };
     }
   | { type: 'vif'; devid?: number; mac: string; bridge?: string; script?: string }
   | { type: 'vtpm'; devid?: number; uuid: string }

@@ -1,10 +1,13 @@
-// The agent's and CLI's logging (winston). Three line formats: journald-friendly (`<N>` syslog
-// priority prefix, no timestamp: journald stamps lines itself), human (time first) and JSON.
-// Job context (domid, job id, phase, device) rides on child loggers, so every line about a job names it.
+// The agent's and CLI's logging (winston). Under systemd, entries go to journald natively with
+// their fields (DOMID, DOMAIN, JOB, PHASE, DEVICE, ...) when stdout is the journal; otherwise three
+// line formats: journald-friendly (`<N>` syslog priority prefix, no timestamp: journald stamps
+// lines itself), human (time first) and JSON. Job context (domid, domain name, job id, phase,
+// device) rides on child loggers, so every line about a job names it.
 import { Writable } from 'node:stream';
 import winston from 'winston';
 
 import { isLogLevel, LOG_LEVELS, type LogFormat, type LogLevel } from './log-options.js';
+import { fieldName, JournalStream, stdoutIsJournal, type JournalEntry } from './journald.js';
 
 export { isLogFormat, isLogLevel, LOG_LEVELS, type LogFormat, type LogLevel } from './log-options.js';
 export type Logger = winston.Logger;
@@ -13,7 +16,7 @@ export type Logger = winston.Logger;
 const SYSLOG_PRIORITY: Record<LogLevel, number> = { error: 3, warn: 4, notice: 5, info: 6, debug: 7 };
 
 /** The job-context keys, printed first and in this order in human and journal lines. */
-export const CONTEXT_KEYS = ['domid', 'job', 'phase', 'device'] as const;
+export const CONTEXT_KEYS = ['domid', 'domain', 'job', 'phase', 'device'] as const;
 export type JobContext = Partial<Record<(typeof CONTEXT_KEYS)[number], string | number>>;
 
 /** systemd sets INVOCATION_ID for every service, JOURNAL_STREAM when stdout goes to the journal. */
@@ -107,22 +110,68 @@ export interface LoggerOptions {
   env?: NodeJS.ProcessEnv;
   /** Fields on every line (e.g. component). */
   defaultMeta?: Record<string, unknown>;
+  /**
+   * --log-format auto under systemd with stdout on the journal: entries go to journald's native
+   * socket with fields. Default: whether stdout is the journal (JOURNAL_STREAM); tests force it.
+   */
+  native?: boolean;
+  /** journald's socket (tests: a fake one); default $DEVMIGRATE_JOURNAL_SOCKET, else the real one. */
+  journalSocket?: string;
+}
+
+/** A native journal entry as one JSON line for JournalStream (priority, text with its pairs, fields). */
+const nativeFormat = winston.format.printf((info) => {
+  const plain = plainInfo(info);
+  const fields = formatFields(plain);
+  const text = messageText(info);
+  const entry: JournalEntry = {
+    priority: SYSLOG_PRIORITY[levelOf(info)],
+    // The text keeps its key=value pairs: `journalctl -u ... -g domid=5` still finds them.
+    message: fields ? `${text} ${fields}` : text,
+    fields: journalFields(plain),
+  };
+  return JSON.stringify(entry);
+});
+
+/** The fields of a native journal entry: the job context, then every other field, as journald names. */
+export function journalFields(info: Record<string, unknown>): [string, string][] {
+  const out: [string, string][] = [];
+  const seen = new Set<string>();
+  const push = (k: string, v: unknown): void => {
+    const name = fieldName(k);
+    if (name === undefined || seen.has(name) || v === undefined) return;
+    seen.add(name);
+    out.push([name, v instanceof Error ? v.message : typeof v === 'string' ? v : JSON.stringify(v)]);
+  };
+  for (const k of CONTEXT_KEYS) push(k, info[k]);
+  for (const [k, v] of Object.entries(info)) if (!RESERVED.has(k)) push(k, v);
+  return out;
 }
 
 export function createLogger(opts: LoggerOptions = {}): Logger {
-  const fmt = resolveFormat(opts.format ?? 'auto', opts.env);
+  const env = opts.env ?? process.env;
+  const fmt = resolveFormat(opts.format ?? 'auto', env);
+  const native =
+    opts.native ?? ((opts.format ?? 'auto') === 'auto' && opts.stream === undefined && stdoutIsJournal(env));
   const line =
     fmt === 'journal'
       ? journalFormat
       : fmt === 'json'
         ? winston.format.combine(winston.format.timestamp(), jsonFormat)
         : winston.format.combine(winston.format.timestamp(), humanFormat);
+  const stream = opts.stream ?? process.stdout;
+  const target = native
+    ? new JournalStream({
+        socketPath: opts.journalSocket ?? env['DEVMIGRATE_JOURNAL_SOCKET'],
+        fallback: stream,
+      })
+    : stream;
   return winston.createLogger({
     levels: LOG_LEVELS,
     level: opts.level ?? 'info',
-    format: winston.format.combine(winston.format.errors({ stack: false }), line),
+    format: winston.format.combine(winston.format.errors({ stack: false }), native ? nativeFormat : line),
     defaultMeta: opts.defaultMeta,
-    transports: [new winston.transports.Stream({ stream: opts.stream ?? process.stdout })],
+    transports: [new winston.transports.Stream({ stream: target })],
   });
 }
 

@@ -1,7 +1,6 @@
 // Runs the daemon as a process: builds the logger, readiness notifier, connection factory and
 // engine, installs the signal handlers (SIGTERM/SIGINT drain, SIGHUP reload) and resolves with
 // the exit code. The CLI's `agent` command is a thin call of runAgent().
-import { readFileSync } from 'node:fs';
 import { loadConfig } from '../config/load.js';
 import { ConfigError, type DevMigrateConfig } from '../config/schema.js';
 import { ExitCode, type ExitCodeValue } from '../cli/exit-codes.js';
@@ -9,9 +8,11 @@ import { UnsupportedXenError } from '../../native-bindings/library-selection.js'
 import type { XenStore } from '../xenstore/types.js';
 import { AgentDaemon, errText } from './daemon.js';
 import { createEngine } from './engine-adapter.js';
+import { AgentMetrics, MetricsFile } from './metrics.js';
 import { connectAnyTransport } from './connect.js';
 import { createLogger, type LogFormat, type LogLevel, type Logger } from './logger.js';
 import { createNotifier } from './sd-notify.js';
+import { packageVersion } from '../version.js';
 
 export interface RunAgentOptions {
   configPath?: string;
@@ -23,26 +24,7 @@ export interface RunAgentOptions {
   logger?: Logger;
 }
 
-/** package.json's version, read once (the agent announces it). */
-export function packageVersion(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
-      version?: unknown;
-    };
-    if (typeof pkg.version === 'string') return pkg.version;
-  } catch {
-    // Running from the source tree (tsx/vitest): one level less.
-  }
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
-      version?: unknown;
-    };
-    if (typeof pkg.version === 'string') return pkg.version;
-  } catch {
-    // fall through
-  }
-  return 'unknown';
-}
+export { packageVersion } from '../version.js';
 
 export async function runAgent(opts: RunAgentOptions = {}): Promise<ExitCodeValue> {
   const logger =
@@ -51,8 +33,17 @@ export async function runAgent(opts: RunAgentOptions = {}): Promise<ExitCodeValu
   const load = async (path?: string): Promise<DevMigrateConfig> => {
     const cfg = await loadConfig(path);
     // The command line's --log-level wins over the file, also after a reload.
-    return opts.logLevel && opts.logLevel !== 'notice' ? { ...cfg, logLevel: opts.logLevel } : cfg;
+    return opts.logLevel !== undefined ? { ...cfg, logLevel: opts.logLevel } : cfg;
   };
+  const metrics = new AgentMetrics();
+  let activeJobs = (): number => 0;
+  // The path follows the running config (a reload may change it); none when disabled.
+  let metricsPath = (): string | undefined => undefined;
+  const metricsFile = new MetricsFile(
+    metrics,
+    () => metricsPath(),
+    (e) => logger.warn('metrics textfile not written', { error: e.message }),
+  );
   const daemon = new AgentDaemon({
     version: packageVersion(),
     logger,
@@ -60,9 +51,23 @@ export async function runAgent(opts: RunAgentOptions = {}): Promise<ExitCodeValu
     configPath: opts.configPath,
     loadConfig: load,
     connect: (cfg): Promise<XenStore> => connectAnyTransport(cfg, logger),
-    createEngine,
+    createEngine: async (xs, cfg, log) => {
+      const engine = await createEngine(xs, cfg, log, {
+        onJobEnd: (r) => {
+          metrics.jobEnded(r);
+          metrics.setRunning(engine.activeJobs());
+          void metricsFile.write();
+        },
+      });
+      activeJobs = () => engine.activeJobs();
+      return engine;
+    },
     drainTimeoutMs: opts.drainTimeoutMs,
   });
+  metricsPath = () => {
+    const m = daemon.currentConfig?.metrics;
+    return m?.enabled === true ? m.textfile : undefined;
+  };
 
   let exitCode: ExitCodeValue = ExitCode.OK;
   let stopRequested: ((sig: string) => void) | undefined;
@@ -100,8 +105,17 @@ export async function runAgent(opts: RunAgentOptions = {}): Promise<ExitCodeValu
       }
     }
     if (exitCode === ExitCode.OK) {
+      metrics.started(packageVersion(), Date.now() - process.uptime() * 1000);
+      daemon.xenstore?.onReconnect(() => {
+        metrics.reconnected();
+        void metricsFile.write();
+      });
+      await metricsFile.write();
       const sig = await stopped;
       await daemon.stop(sig);
+      metrics.stopped();
+      metrics.setRunning(activeJobs());
+      await metricsFile.write();
     } else {
       await daemon.stop('start failure');
     }

@@ -2,6 +2,7 @@
 // message goes out through libsystemd's sd_pid_notify via koffi, or, where libsystemd is absent,
 // through libc socket()+sendto(). Without NOTIFY_SOCKET every call is a no-op.
 import koffi, { type LibraryHandle } from 'koffi';
+import { UnixDatagramSocket, type DatagramError } from './unix-datagram.js';
 
 export class SdNotifyError extends Error {
   override readonly name = 'SdNotifyError';
@@ -14,10 +15,6 @@ export class SdNotifyError extends Error {
 }
 
 type SendFn = (socketPath: string, message: string) => void;
-
-const AF_UNIX = 1;
-const SOCK_DGRAM = 2;
-const SOCK_CLOEXEC = 0o2000000;
 
 /** Loaded senders by kind: koffi type names may be registered only once per process. */
 const senders = new Map<string, { name: string; send: SendFn }>();
@@ -47,35 +44,19 @@ function libsystemdSender(): SendFn | undefined {
 }
 
 function libcSender(): SendFn {
-  const libc = koffi.load('libc.so.6');
-  // Registered by name: the sendto prototype below refers to it as devmigrate_sockaddr_un.
-  const _sockaddrUn = koffi.struct('devmigrate_sockaddr_un', {
-    sun_family: 'uint16_t',
-    sun_path: koffi.array('uint8_t', 108),
-  });
-  const socket = libc.func('int socket(int domain, int type, int protocol)');
-  const sendto = libc.func(
-    'intptr_t sendto(int fd, const void *buf, size_t len, int flags, const devmigrate_sockaddr_un *addr, uint32_t addrlen)',
-  );
-  const close = libc.func('int close(int fd)');
-  const errnoLoc = libc.func('int *__errno_location()');
-  const errno = (): number => koffi.decode(errnoLoc(), 'int') as number;
   return (socketPath, message) => {
-    // '@' names a socket in the abstract namespace: a leading NUL byte, no trailing one.
-    const pathBytes = Buffer.from(socketPath.startsWith('@') ? `\0${socketPath.slice(1)}` : socketPath);
-    if (pathBytes.length >= 108) throw new SdNotifyError(`NOTIFY_SOCKET too long: ${socketPath}`);
-    const sunPath = new Array<number>(108).fill(0);
-    for (let i = 0; i < pathBytes.length; i++) sunPath[i] = pathBytes[i] ?? 0;
-    const addrlen = 2 + pathBytes.length + (socketPath.startsWith('@') ? 0 : 1);
-    const fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0) as number;
-    if (fd < 0) throw new SdNotifyError(`socket(AF_UNIX) failed: errno ${errno()}`, errno());
+    let sock: UnixDatagramSocket;
     try {
-      const buf = Buffer.from(message);
-      const n = sendto(fd, buf, buf.length, 0, { sun_family: AF_UNIX, sun_path: sunPath }, addrlen) as
-        number | bigint;
-      if (Number(n) < 0) throw new SdNotifyError(`sendto(${socketPath}) failed: errno ${errno()}`, errno());
+      sock = new UnixDatagramSocket();
+    } catch (err) {
+      throw new SdNotifyError((err as Error).message, (err as DatagramError).errno);
+    }
+    try {
+      sock.send(socketPath, Buffer.from(message));
+    } catch (err) {
+      throw new SdNotifyError((err as Error).message, (err as DatagramError).errno);
     } finally {
-      close(fd);
+      sock.close();
     }
   };
 }

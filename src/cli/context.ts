@@ -6,12 +6,17 @@ import { ConfigError, type DevMigrateConfig } from '../config/schema.js';
 import { connectAnyTransport } from '../agent/connect.js';
 import type { XenStore } from '../xenstore/types.js';
 import { CliError, ExitCode } from './exit-codes.js';
+import type { Interrupt } from './interrupt.js';
 
 export interface CliContext {
   json: boolean;
-  out: Writable & { isTTY?: boolean };
+  out: Writable & { isTTY?: boolean; columns?: number };
   err: Writable;
   configPath?: string;
+  /** Ctrl-C (SIGINT), SIGTERM, SIGHUP while the command runs; absent where nobody can interrupt. */
+  interrupt?: Interrupt;
+  /** The live view of waiting commands (default on, except with --json); the demo turns it off. */
+  live?: boolean;
 }
 
 export function println(ctx: CliContext, line = ''): void {

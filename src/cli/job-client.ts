@@ -5,9 +5,16 @@ import { randomBytes } from 'node:crypto';
 import { classifyTarget } from '../migration/job-schema.js';
 import { jobNode, jobPath, JOBS } from '../migration/paths.js';
 import { isBusy, isJobState, type JobState } from '../migration/state-machine.js';
+import {
+  parseTimeline,
+  TOOLSTACK_NODES,
+  type JobTimeline,
+  type ToolstackMarks,
+} from '../migration/timeline.js';
 import { isXsErrno } from '../xenstore/errors.js';
 import type { XenStore, XsOps } from '../xenstore/types.js';
 import { CliError, ExitCode } from './exit-codes.js';
+import { InterruptedError } from './interrupt.js';
 
 export interface DomainRef {
   domid: number;
@@ -19,19 +26,30 @@ export interface DeviceResult {
   devid: string;
   state: string;
   reason?: string;
+  /** "<done>/<total>" of the running operation (bytes for a copy). */
+  progress?: string;
+  policy?: string;
 }
 
 export interface JobView {
   domid: number;
+  /** The name the agent recorded with the job (trusted), else the domain's current name. */
   name?: string;
   id?: string;
   target?: string;
   mode?: string;
+  suspend?: string;
   state?: string;
   error?: string;
   progress?: string;
   controlError?: string;
+  suspendedBy?: string;
+  recovered?: string;
+  /** "gone": the toolstack destroyed the source after its suspend (xl migrate's normal end). */
+  source?: string;
   devices: DeviceResult[];
+  /** With readJob(..., { timeline: true }). */
+  timeline?: JobTimeline;
 }
 
 /** States after which nothing more happens without a new request or control. */
@@ -145,32 +163,122 @@ export async function removeJob(xs: XenStore, domid: number): Promise<void> {
   }
 }
 
-export async function readJob(xs: XenStore, domid: number): Promise<JobView | undefined> {
+export interface ReadJobOptions {
+  /** Also read the timeline nodes (summaries and reports; waits need not). */
+  timeline?: boolean;
+}
+
+async function readDir(xs: XenStore, dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  const keys = await listOrEmpty(xs, dir);
+  const values = await Promise.all(keys.map((k) => xs.tryRead(`${dir}/${k}`)));
+  keys.forEach((k, i) => {
+    const v = values[i];
+    if (v !== undefined && v !== '') out[k] = v;
+  });
+  return out;
+}
+
+export async function readJob(
+  xs: XenStore,
+  domid: number,
+  opts: ReadJobOptions = {},
+): Promise<JobView | undefined> {
   if (!(await xs.exists(jobPath(domid)))) return undefined;
-  const [id, target, mode, state, error, progress, controlError, name] = await Promise.all([
-    xs.tryRead(jobNode.requestField(domid, 'id')),
-    xs.tryRead(jobNode.requestField(domid, 'target')),
-    xs.tryRead(jobNode.requestField(domid, 'mode')),
-    xs.tryRead(jobNode.state(domid)),
-    xs.tryRead(jobNode.error(domid)),
-    xs.tryRead(jobNode.progress(domid)),
-    xs.tryRead(jobNode.controlError(domid)),
-    xs.tryRead(`/local/domain/${domid}/name`),
-  ]);
+  const base = jobPath(domid);
+  const [id, target, mode, suspend, state, error, progress, controlError, jobName, liveName] =
+    await Promise.all([
+      xs.tryRead(jobNode.requestField(domid, 'id')),
+      xs.tryRead(jobNode.requestField(domid, 'target')),
+      xs.tryRead(jobNode.requestField(domid, 'mode')),
+      xs.tryRead(jobNode.requestField(domid, 'suspend')),
+      xs.tryRead(jobNode.state(domid)),
+      xs.tryRead(jobNode.error(domid)),
+      xs.tryRead(jobNode.progress(domid)),
+      xs.tryRead(jobNode.controlError(domid)),
+      xs.tryRead(`${base}/name`),
+      xs.tryRead(`/local/domain/${domid}/name`),
+    ]);
+  const [suspendedBy, recovered, source] = opts.timeline
+    ? await Promise.all([
+        xs.tryRead(jobNode.suspendedBy(domid)),
+        xs.tryRead(jobNode.recovered(domid)),
+        xs.tryRead(`${base}/source`),
+      ])
+    : [undefined, undefined, undefined];
   const devices: DeviceResult[] = [];
+  const devTimelines: Record<string, Record<string, string>> = {};
   const types = await listOrEmpty(xs, jobNode.devices(domid));
   for (const type of types) {
     for (const devid of await listOrEmpty(xs, `${jobNode.devices(domid)}/${type}`)) {
-      const [st, reason] = await Promise.all([
-        xs.tryRead(`${jobNode.device(domid, type, devid)}/state`),
-        xs.tryRead(`${jobNode.device(domid, type, devid)}/reason`),
+      const dir = jobNode.device(domid, type, devid);
+      const [st, reason, prog, policy] = await Promise.all([
+        xs.tryRead(`${dir}/state`),
+        xs.tryRead(`${dir}/reason`),
+        xs.tryRead(`${dir}/progress`),
+        xs.tryRead(`${dir}/policy`),
       ]);
       const d: DeviceResult = { type, devid, state: st ?? '?' };
       if (reason) d.reason = reason;
+      if (prog) d.progress = prog;
+      if (policy) d.policy = policy;
       devices.push(d);
+      if (opts.timeline) devTimelines[`${type}/${devid}`] = await readDir(xs, `${dir}/timeline`);
     }
   }
-  return compact({ domid, name, id, target, mode, state, error, progress, controlError, devices });
+  devices.sort(compareDevices);
+  // The agent's record of the name first: the domain's own node is gone once xl moved it.
+  const name = jobName ?? liveName;
+  const view = compact({
+    domid,
+    name,
+    id,
+    target,
+    mode,
+    suspend,
+    state,
+    error,
+    progress,
+    controlError,
+    suspendedBy,
+    recovered,
+    source,
+    devices,
+  });
+  if (opts.timeline) {
+    const [timeline, toolstack] = await Promise.all([
+      readDir(xs, `${base}/timeline`),
+      readDir(xs, `${base}/toolstack`),
+    ]);
+    view.timeline = parseTimeline({ timeline, toolstack, devices: devTimelines });
+  }
+  return view;
+}
+
+/** Devices in a stable order (type, then numeric devid): the same job prints the same way. */
+export function compareDevices(
+  a: { type: string; devid: string },
+  b: { type: string; devid: string },
+): number {
+  if (a.type !== b.type) return a.type < b.type ? -1 : 1;
+  const na = Number(a.devid);
+  const nb = Number(b.devid);
+  if (Number.isFinite(na) && Number.isFinite(nb) && na !== nb) return na - nb;
+  return a.devid < b.devid ? -1 : a.devid > b.devid ? 1 : 0;
+}
+
+/**
+ * The requester's own moments (xl started, its point of no return, xl ended, unpaused at the
+ * destination), under toolstack/ in the job: the agent never reads them (docs/protocol.md).
+ */
+export async function writeToolstackMark(
+  xs: XenStore,
+  domid: number,
+  mark: keyof ToolstackMarks,
+  atMs: number = Date.now(),
+): Promise<void> {
+  if (!(await xs.exists(jobPath(domid)))) return;
+  await xs.write(`${jobPath(domid)}/toolstack/${TOOLSTACK_NODES[mark]}`, String(Math.round(atMs)));
 }
 
 function compact(v: JobView): JobView {
@@ -187,15 +295,66 @@ async function listOrEmpty(xs: XenStore, path: string): Promise<string[]> {
   }
 }
 
-export async function listJobs(xs: XenStore): Promise<JobView[]> {
+export async function listJobs(xs: XenStore, opts: ReadJobOptions = {}): Promise<JobView[]> {
   const keys = await listOrEmpty(xs, JOBS);
   const out: JobView[] = [];
   for (const k of keys) {
-    if (!/^[0-9]+$/.test(k)) continue;
-    const j = await readJob(xs, Number(k));
+    if (!/^[1-9][0-9]{0,4}$/.test(k)) continue;
+    const j = await readJob(xs, Number(k), opts);
     if (j) out.push(j);
   }
-  return out;
+  return out.sort((a, b) => a.domid - b.domid);
+}
+
+/**
+ * A job by what an operator remembers: a live domain (name or id), the name or id a kept job
+ * recorded (the domain may have left this host), or the job's id.
+ */
+export async function findJob(xs: XenStore, spec: string): Promise<{ domid: number; name: string }> {
+  if (/^[0-9]{1,5}$/.test(spec) && (await xs.exists(jobPath(Number(spec))))) {
+    const j = await readJob(xs, Number(spec));
+    return { domid: Number(spec), name: j?.name ?? `domain-${spec}` };
+  }
+  try {
+    return await resolveDomain(xs, spec);
+  } catch (err) {
+    if (!(err instanceof CliError) || err.code !== ExitCode.NO_DOMAIN) throw err;
+  }
+  const jobs = await listJobs(xs);
+  const byName = jobs.filter((j) => j.name === spec);
+  const byId = jobs.filter((j) => j.id === spec);
+  const hits = byName.length > 0 ? byName : byId;
+  if (hits.length === 1 && hits[0] !== undefined) return { domid: hits[0].domid, name: hits[0].name ?? spec };
+  if (hits.length > 1) {
+    throw new CliError(
+      `${hits.length} jobs match ${spec} (domains ${hits.map((h) => h.domid).join(', ')}): give the domain id`,
+      ExitCode.USAGE,
+    );
+  }
+  throw new CliError(`no domain and no job named ${spec}`, ExitCode.NO_DOMAIN, [
+    'devmigrate status lists the jobs',
+  ]);
+}
+
+/**
+ * Finished jobs of domains that have left this host are kept for status and report; beyond the
+ * `keep` newest (by their end), they are removed. Returns how many were removed.
+ */
+export async function pruneFinishedJobs(xs: XenStore, keep = 16): Promise<number> {
+  const jobs = await listJobs(xs, { timeline: true });
+  const departed: JobView[] = [];
+  for (const j of jobs) {
+    if (!isFinal(j.state)) continue;
+    if (await xs.exists(`/local/domain/${j.domid}`)) continue;
+    departed.push(j);
+  }
+  departed.sort((a, b) => (b.timeline?.end ?? 0) - (a.timeline?.end ?? 0));
+  let removed = 0;
+  for (const j of departed.slice(keep)) {
+    await removeJob(xs, j.domid);
+    removed += 1;
+  }
+  return removed;
 }
 
 export class WaitTimeoutError extends CliError {
@@ -214,6 +373,7 @@ export async function waitForJob(
   pred: (job: JobView | undefined) => boolean,
   timeoutMs: number,
   onChange?: (job: JobView | undefined) => void,
+  interrupt?: AbortSignal,
 ): Promise<JobView | undefined> {
   let settle: ((v: JobView | undefined) => void) | undefined;
   let fail: ((e: Error) => void) | undefined;
@@ -252,10 +412,15 @@ export async function waitForJob(
     () => fail?.(new WaitTimeoutError(`waiting for the job of domain ${domid}`, timeoutMs)),
     timeoutMs,
   );
+  const onInterrupt = (): void =>
+    fail?.(interrupt?.reason instanceof InterruptedError ? interrupt.reason : new InterruptedError('SIGINT'));
+  if (interrupt?.aborted) onInterrupt();
+  else interrupt?.addEventListener('abort', onInterrupt, { once: true });
   try {
     return await result;
   } finally {
     clearTimeout(timer);
+    interrupt?.removeEventListener('abort', onInterrupt);
     await watch.close().catch(() => undefined);
   }
 }
@@ -286,4 +451,50 @@ export async function agentPresence(xs: XenStore): Promise<{ state?: string; pid
 export function stateOf(job: JobView | undefined): JobState | undefined {
   const s = job?.state;
   return s !== undefined && isJobState(s) ? s : undefined;
+}
+
+/**
+ * Resolves true once check() holds, re-checked on every event of a watch on `path`; false when
+ * `ms` ran out or the signal aborted (what the caller reads then is what there is).
+ */
+export async function waitUntil(
+  xs: XenStore,
+  path: string,
+  check: () => Promise<boolean>,
+  ms: number,
+  signal?: AbortSignal,
+): Promise<boolean> {
+  let settle: (v: boolean) => void = () => undefined;
+  const done = new Promise<boolean>((r) => (settle = r));
+  let busy = false;
+  let again = false;
+  const look = async (): Promise<void> => {
+    if (busy) {
+      again = true;
+      return;
+    }
+    busy = true;
+    try {
+      do {
+        again = false;
+        if (await check()) return settle(true);
+      } while (again);
+    } catch {
+      // a failed read is looked at again on the next event
+    } finally {
+      busy = false;
+    }
+  };
+  const watch = await xs.watch(path, { onEvent: () => void look() });
+  const timer = setTimeout(() => settle(false), ms);
+  const onAbort = (): void => settle(false);
+  signal?.addEventListener('abort', onAbort, { once: true });
+  if (signal?.aborted) settle(false);
+  try {
+    return await done;
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener('abort', onAbort);
+    await watch.close().catch(() => undefined);
+  }
 }

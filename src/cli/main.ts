@@ -1,46 +1,71 @@
 #!/usr/bin/env node
-// The `devmigrate` command (yargs): agent, migrate, check, status, abort, step, config check,
-// sim up/down and demo. Every command returns an exit code from exit-codes.ts (documented in
-// docs/operations.md); failures print one clear message (plus hints) on stderr, or JSON with --json.
+// The `devmigrate` command. The parser is built from the command definitions (command-spec.ts,
+// also the source of the man page and bash completion); each command returns an exit code from
+// exit-codes.ts (docs/operations.md). Every failure prints one message in one style (plus hints)
+// on stderr, or JSON with --json; a bad command line is always exit 64.
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import type { Argv } from 'yargs';
 import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from '../agent/log-options.js';
-import { CliError, ExitCode, type ExitCodeValue } from './exit-codes.js';
+import { PROTOCOL_VERSION } from '../migration/paths.js';
+import { packageVersion } from '../version.js';
+import {
+  COMMANDS,
+  commandOf,
+  GLOBAL_OPTIONS,
+  GROUPS,
+  LOG_FORMATS,
+  LOG_LEVEL_NAMES,
+  type CommandSpec,
+  type OptionSpec,
+} from './command-spec.js';
 import type { CliContext } from './context.js';
+import { CliError, ExitCode, type ExitCodeValue } from './exit-codes.js';
+import { Interrupt } from './interrupt.js';
+import { parseCommand, parseSshCommand } from './target.js';
+import { fromParserMessage, usageError } from './usage-errors.js';
 
 const SEC = 1000;
 /** Set when the command was `agent`: the process then exits explicitly when the daemon is done. */
 let ranAgent = false;
 
-interface Globals {
-  json: boolean;
-  config?: string;
+type Args = Record<string, unknown>;
+type Handler = (ctx: CliContext, a: Args, cmd: CommandSpec) => Promise<ExitCodeValue>;
+
+function str(a: Args, k: string): string | undefined {
+  const v = a[k];
+  return v === undefined || v === null ? undefined : String(v);
 }
 
-function ctxOf(argv: Globals): CliContext {
-  return { json: argv.json, out: process.stdout, err: process.stderr, configPath: argv.config };
-}
-
-function secs(v: unknown, name: string): number {
+function secs(cmd: CommandSpec | undefined, v: unknown, name: string): number {
   if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
-    throw new CliError(`--${name} must be a positive number of seconds`, ExitCode.USAGE);
+    throw usageError(cmd, `--${name} must be a positive number of seconds, got ${JSON.stringify(v)}`);
   return v * SEC;
 }
 
-function logOptions(format: unknown, levelRaw: unknown): { format: LogFormat; level: LogLevel | undefined } {
+function logOptions(
+  cmd: CommandSpec | undefined,
+  format: unknown,
+  levelRaw: unknown,
+): { format: LogFormat; level: LogLevel | undefined } {
   const fmt = String(format ?? 'auto');
   if (!isLogFormat(fmt))
-    throw new CliError(`--log-format ${fmt}: one of auto, journal, human, json`, ExitCode.USAGE);
+    throw usageError(cmd, `--log-format "${fmt}" is not one of ${LOG_FORMATS.join(', ')}`);
   if (levelRaw === undefined) return { format: fmt, level: undefined };
-  if (typeof levelRaw !== 'string' || !isLogLevel(levelRaw)) {
-    throw new CliError(
-      `--log-level ${String(levelRaw)}: one of error, warn, notice, info, debug`,
-      ExitCode.USAGE,
-    );
-  }
+  if (typeof levelRaw !== 'string' || !isLogLevel(levelRaw))
+    throw usageError(cmd, `--log-level "${String(levelRaw)}" is not one of ${LOG_LEVEL_NAMES.join(', ')}`);
   return { format: fmt, level: levelRaw };
 }
+
+/** The configuration file: --config, else $DEVMIGRATE_CONFIG (the simulated host sets it), else the default. */
+function configPathOf(given: unknown): string | undefined {
+  if (typeof given === 'string' && given !== '') return given;
+  const env = process.env['DEVMIGRATE_CONFIG'];
+  return env !== undefined && env !== '' ? env : undefined;
+}
+
+const AGENT = COMMANDS.find((c) => c.path[0] === 'agent');
 
 /**
  * `devmigrate agent [options]` is what systemd starts: parsed without loading yargs (a fifth of
@@ -64,21 +89,137 @@ async function agentFastPath(argv: string[]): Promise<ExitCodeValue | undefined>
   } catch {
     return undefined;
   }
-  const { format, level } = logOptions(values['log-format'], values['log-level']);
+  const { format, level } = logOptions(AGENT, values['log-format'], values['log-level']);
   const drain = values['drain-timeout'] === undefined ? 30 : Number(values['drain-timeout']);
   const { runAgent } = await import('../agent/run.js');
   ranAgent = true;
-  const config = values['config'];
   return runAgent({
-    configPath: typeof config === 'string' ? config : undefined,
+    configPath: configPathOf(values['config']),
     logFormat: format,
     logLevel: level,
-    drainTimeoutMs: secs(drain, 'drain-timeout'),
+    drainTimeoutMs: secs(AGENT, drain, 'drain-timeout'),
   });
+}
+
+const HANDLERS: Readonly<Record<string, Handler>> = {
+  agent: async (ctx, a, cmd) => {
+    const { format, level } = logOptions(cmd, a['log-format'], a['log-level']);
+    const { runAgent } = await import('../agent/run.js');
+    ranAgent = true;
+    return runAgent({
+      configPath: ctx.configPath,
+      logFormat: format,
+      logLevel: level,
+      drainTimeoutMs: secs(cmd, a['drain-timeout'], 'drain-timeout'),
+    });
+  },
+  migrate: async (ctx, a, cmd) => {
+    const { migrateCommand } = await import('./commands/migrate.js');
+    const ssh = str(a, 'ssh-command');
+    const unpause = str(a, 'unpause-command');
+    return migrateCommand(ctx, {
+      domain: String(a['domain']),
+      destination: String(a['host']),
+      ...(ssh !== undefined ? { sshCommand: parseSshCommand(ssh) } : {}),
+      migrateCommand: parseCommand(String(a['migrate-command']), '--migrate-command'),
+      ...(unpause !== undefined ? { unpauseCommand: parseCommand(unpause, '--unpause-command') } : {}),
+      live: a['live'] !== false,
+      timeoutMs: secs(cmd, a['timeout'], 'timeout'),
+      keepJob: a['keep-job'] !== false,
+    });
+  },
+  check: async (ctx, a, cmd) => {
+    const { checkCommand } = await import('./commands/jobs.js');
+    return checkCommand(ctx, {
+      domain: String(a['domain']),
+      host: str(a, 'host'),
+      timeoutMs: secs(cmd, a['timeout'], 'timeout'),
+    });
+  },
+  status: async (ctx, a, cmd) => {
+    const { statusCommand } = await import('./commands/jobs.js');
+    return statusCommand(ctx, {
+      domain: str(a, 'domain'),
+      watch: a['watch'] === true,
+      timeoutMs: secs(cmd, a['timeout'], 'timeout'),
+    });
+  },
+  report: async (ctx, a, cmd) => {
+    const { reportCommand } = await import('./commands/report.js');
+    const width = a['width'];
+    if (
+      width !== undefined &&
+      (typeof width !== 'number' || !Number.isInteger(width) || width < 40 || width > 400)
+    )
+      throw usageError(
+        cmd,
+        `--width must be a whole number of columns from 40 to 400, got ${JSON.stringify(width)}`,
+      );
+    return reportCommand(ctx, {
+      spec: String(a['domain']),
+      svg: str(a, 'svg'),
+      ...(typeof width === 'number' ? { width } : {}),
+    });
+  },
+  abort: async (ctx, a, cmd) => {
+    const { abortCommand } = await import('./commands/jobs.js');
+    return abortCommand(ctx, { domain: String(a['domain']), timeoutMs: secs(cmd, a['timeout'], 'timeout') });
+  },
+  step: async (ctx, a, cmd) => {
+    const { stepCommand } = await import('./commands/jobs.js');
+    return stepCommand(ctx, {
+      domain: String(a['domain']),
+      step: String(a['step']),
+      host: str(a, 'host'),
+      timeoutMs: secs(cmd, a['timeout'], 'timeout'),
+    });
+  },
+  'config check': async (ctx) => (await import('./commands/config.js')).configCheckCommand(ctx),
+  'sim up': async (ctx, a) => {
+    const { simUpCommand } = await import('./commands/sim.js');
+    return simUpCommand(ctx, { dir: String(a['dir']), host: str(a, 'host'), agent: a['agent'] === true });
+  },
+  'sim down': async (ctx, a) => {
+    const { simDownCommand } = await import('./commands/sim.js');
+    return simDownCommand(ctx, { dir: String(a['dir']) });
+  },
+  'sim serve': async (_ctx, a) => {
+    const { simServeCommand } = await import('./commands/sim.js');
+    return simServeCommand({ dir: String(a['dir']), host: str(a, 'host'), agent: a['agent'] === true });
+  },
+  demo: async (ctx, a) => {
+    const { demoCommand } = await import('./commands/demo.js');
+    return demoCommand(ctx, { dir: str(a, 'dir') });
+  },
+};
+
+function addOption(y: Argv, o: OptionSpec): Argv {
+  return y.option(o.name, {
+    type: o.type,
+    describe: o.describe,
+    ...(o.alias !== undefined ? { alias: o.alias } : {}),
+    ...(o.default !== undefined ? { default: o.default } : {}),
+    ...(o.defaultText !== undefined ? { defaultDescription: o.defaultText } : {}),
+    ...(o.choices !== undefined ? { choices: [...o.choices] } : {}),
+    ...(o.required === true ? { demandOption: true } : {}),
+    // A value-taking option given without one is an error, not a silent default.
+    ...(o.type !== 'boolean' ? { requiresArg: true } : {}),
+  });
+}
+
+function commandString(c: CommandSpec): string {
+  const leaf = c.path[c.path.length - 1] ?? '';
+  const pos = c.positionals.map((p) => (p.optional === true ? `[${p.name}]` : `<${p.name}>`));
+  return [leaf, ...pos].join(' ');
 }
 
 /** Parses argv and runs one command; resolves with the exit code (never calls process.exit). */
 export async function main(argv: string[], ctxOverride?: Partial<CliContext>): Promise<ExitCodeValue> {
+  const out = ctxOverride?.out ?? process.stdout;
+  if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
+    out.write(`devmigrate ${packageVersion()} (job protocol ${PROTOCOL_VERSION})\n`);
+    return ExitCode.OK;
+  }
   try {
     const fast = await agentFastPath(argv);
     if (fast !== undefined) return fast;
@@ -87,269 +228,88 @@ export async function main(argv: string[], ctxOverride?: Partial<CliContext>): P
   }
   const { default: yargs } = await import('yargs');
   let code: ExitCodeValue = ExitCode.OK;
-  let jsonMode = argv.includes('--json');
-  const wrap = (fn: (ctx: CliContext) => Promise<ExitCodeValue>) => async (a: Globals) => {
-    jsonMode = a.json;
-    code = await fn({ ...ctxOf(a), ...ctxOverride });
+  const jsonMode = argv.includes('--json');
+  const ctxOf = (a: Args): CliContext => ({
+    json: a['json'] === true,
+    out,
+    err: ctxOverride?.err ?? process.stderr,
+    configPath: configPathOf(a['config']),
+    ...(ctxOverride?.interrupt !== undefined ? { interrupt: ctxOverride.interrupt } : {}),
+    ...ctxOverride,
+  });
+  const run = (c: CommandSpec) => async (a: Args) => {
+    const h = HANDLERS[c.path.join(' ')];
+    if (h === undefined) throw new CliError(`no handler for ${c.path.join(' ')}`, ExitCode.SOFTWARE);
+    code = await h(ctxOf(a), a, c);
   };
-  const parser = yargs(argv)
+  const build = (y: Argv, c: CommandSpec): Argv => {
+    let b = y;
+    for (const p of c.positionals) {
+      b = b.positional(p.name, {
+        type: 'string',
+        describe: p.describe,
+        ...(p.choices !== undefined ? { choices: [...p.choices] } : {}),
+      });
+    }
+    for (const o of c.options) b = addOption(b, o);
+    for (const [ex, what] of c.examples ?? []) b = b.example(ex, what);
+    return b;
+  };
+
+  let parser = yargs(argv)
     .scriptName('devmigrate')
     .usage(
-      '$0 <command> [options]\n\nMigrate a Xen domain together with its devices; see docs/operations.md.',
+      '$0 <command> [options]\n\nMigrate a Xen domain together with its devices (an agent in dom0 drives them through XenStore). The manual: man devmigrate.',
     )
-    .option('json', {
-      type: 'boolean',
-      default: false,
-      describe: 'Machine-readable output (one JSON document per line)',
-    })
-    .option('config', { type: 'string', describe: 'Configuration file (default /etc/xen/devmigrate.json)' })
-    .command(
-      'agent',
-      'Run the agent daemon (what xen-devmigrate.service starts)',
-      (y) =>
-        y
-          .option('log-format', {
-            type: 'string',
-            default: 'auto',
-            describe: 'auto | journal | human | json',
-          })
-          .option('log-level', {
-            type: 'string',
-            describe: 'error | warn | notice | info | debug (overrides the config)',
-          })
-          .option('drain-timeout', {
-            type: 'number',
-            default: 30,
-            describe:
-              'SIGTERM: seconds to bring running jobs to a safe end (jobs past the suspension may finish, others are aborted)',
-          }),
-      wrap(async (ctx) => {
-        const a = parsedArgs;
-        const fmt = String(a['log-format'] ?? 'auto');
-        if (!isLogFormat(fmt))
-          throw new CliError(`--log-format ${fmt}: one of auto, journal, human, json`, ExitCode.USAGE);
-        const lvlRaw = a['log-level'];
-        let level: LogLevel | undefined;
-        if (lvlRaw !== undefined) {
-          if (typeof lvlRaw !== 'string' || !isLogLevel(lvlRaw))
-            throw new CliError(
-              `--log-level ${String(lvlRaw)}: one of error, warn, notice, info, debug`,
-              ExitCode.USAGE,
-            );
-          level = lvlRaw;
-        }
-        const { runAgent } = await import('../agent/run.js');
-        ranAgent = true;
-        return runAgent({
-          configPath: ctx.configPath,
-          logFormat: fmt as LogFormat,
-          logLevel: level,
-          drainTimeoutMs: secs(a['drain-timeout'], 'drain-timeout'),
+    .wrap(Math.min(100, (out as { columns?: number }).columns ?? 80));
+  for (const o of GLOBAL_OPTIONS) parser = addOption(parser, o);
+  for (const c of COMMANDS.filter((x) => x.path.length === 1)) {
+    parser = parser.command({
+      command: commandString(c),
+      describe: c.hidden === true ? false : c.summary,
+      builder: (y: Argv) => build(y, c),
+      handler: run(c),
+    });
+  }
+  for (const [group, describe] of Object.entries(GROUPS)) {
+    const subs = COMMANDS.filter((c) => c.path.length === 2 && c.path[0] === group);
+    parser = parser.command(group, describe, (y) => {
+      let g = y;
+      for (const c of subs) {
+        g = g.command({
+          command: commandString(c),
+          describe: c.hidden === true ? false : c.summary,
+          builder: (yy: Argv) => build(yy, c),
+          handler: run(c),
         });
-      }),
-    )
-    .command(
-      'migrate <domain> <host>',
-      'Migrate a domain with xl, its devices driven by the agent (xl migrate -p, then unpause at the destination)',
-      (y) =>
-        y
-          .positional('domain', { type: 'string', describe: 'Domain name or id' })
-          .positional('host', { type: 'string', describe: 'Destination host name or address' })
-          .option('migrate-command', {
-            type: 'string',
-            default: 'xl migrate -p',
-            describe: 'Command run as: <command> <domain> <host>',
-          })
-          .option('unpause-command', {
-            type: 'string',
-            default: 'ssh {host} xl unpause',
-            describe: 'Command run as: <command> <domain> ({host} = destination)',
-          })
-          .option('live', {
-            type: 'boolean',
-            default: true,
-            describe: 'Live migration (--no-live: suspend first)',
-          })
-          .option('timeout', { type: 'number', default: 3600, describe: 'Seconds to wait for each stage' })
-          .option('keep-job', {
-            type: 'boolean',
-            default: false,
-            describe: 'Leave the finished job in XenStore',
-          }),
-      wrap(async (ctx) => {
-        const a = parsedArgs;
-        const { migrateCommand, parseCommand } = await import('./commands/migrate.js');
-        return migrateCommand(ctx, {
-          domain: String(a['domain']),
-          host: String(a['host']),
-          migrateCommand: parseCommand(String(a['migrate-command']), '--migrate-command'),
-          unpauseCommand: parseCommand(String(a['unpause-command']), '--unpause-command'),
-          live: a['live'] !== false,
-          timeoutMs: secs(a['timeout'], 'timeout'),
-          keepJob: a['keep-job'] === true,
-        });
-      }),
-    )
-    .command(
-      'check <domain> [host]',
-      'Run the test phase only: would the devices let this domain migrate? (exit 0 yes, 3 no)',
-      (y) =>
-        y
-          .positional('domain', { type: 'string' })
-          .positional('host', { type: 'string' })
-          .option('timeout', { type: 'number', default: 120 }),
-      wrap(async (ctx) => {
-        const a = parsedArgs;
-        const { checkCommand } = await import('./commands/jobs.js');
-        return checkCommand(ctx, {
-          domain: String(a['domain']),
-          host: a['host'] === undefined ? undefined : String(a['host']),
-          timeoutMs: secs(a['timeout'], 'timeout'),
-        });
-      }),
-    )
-    .command(
-      'status [domain]',
-      "Show the agent and the jobs (or one domain's job); --watch follows it live",
-      (y) =>
-        y
-          .positional('domain', { type: 'string' })
-          .option('watch', { type: 'boolean', default: false })
-          .option('timeout', {
-            type: 'number',
-            default: 86400,
-            describe: 'With --watch: give up after this many seconds',
-          }),
-      wrap(async (ctx) => {
-        const a = parsedArgs;
-        const { statusCommand } = await import('./commands/jobs.js');
-        return statusCommand(ctx, {
-          domain: a['domain'] === undefined ? undefined : String(a['domain']),
-          watch: a['watch'] === true,
-          timeoutMs: secs(a['timeout'], 'timeout'),
-        });
-      }),
-    )
-    .command(
-      'abort <domain>',
-      "Abort the domain's job: devices recovered, the guest resumed at the source",
-      (y) => y.positional('domain', { type: 'string' }).option('timeout', { type: 'number', default: 300 }),
-      wrap(async (ctx) => {
-        const a = parsedArgs;
-        const { abortCommand } = await import('./commands/jobs.js');
-        return abortCommand(ctx, { domain: String(a['domain']), timeoutMs: secs(a['timeout'], 'timeout') });
-      }),
-    )
-    .command(
-      'step <domain> <step>',
-      'Drive a steps-mode job one step (test, pre-suspend, post-suspend, sync, recover, abort), as xend did',
-      (y) =>
-        y
-          .positional('domain', { type: 'string' })
-          .positional('step', { type: 'string' })
-          .option('host', { type: 'string', describe: 'Destination; needed by the first step (test)' })
-          .option('timeout', { type: 'number', default: 3600 }),
-      wrap(async (ctx) => {
-        const a = parsedArgs;
-        const { stepCommand } = await import('./commands/jobs.js');
-        return stepCommand(ctx, {
-          domain: String(a['domain']),
-          step: String(a['step']),
-          host: a['host'] === undefined ? undefined : String(a['host']),
-          timeoutMs: secs(a['timeout'], 'timeout'),
-        });
-      }),
-    )
-    .command('config', 'Configuration commands', (y) =>
-      y
-        .command(
-          'check',
-          'Validate the configuration file (exit 78 names the bad key)',
-          () => undefined,
-          wrap(async (ctx) => (await import('./commands/config.js')).configCheckCommand(ctx)),
-        )
-        .demandCommand(1, 'config: give a subcommand (check)'),
-    )
-    .command('sim', 'A simulated Xen host (real xenstored, simulated hypervisor and guests)', (y) =>
-      y
-        .command(
-          'up',
-          'Start a simulated host in the background and print its environment',
-          (yy) =>
-            yy
-              .option('dir', { type: 'string', demandOption: true, describe: "Folder for the host's files" })
-              .option('host', {
-                type: 'string',
-                describe: 'Host description (JSON); default xen-mocks/hosts/example-host.json',
-              }),
-          wrap(async (ctx) => {
-            const a = parsedArgs;
-            const { simUpCommand } = await import('./commands/sim.js');
-            return simUpCommand(ctx, {
-              dir: String(a['dir']),
-              host: a['host'] === undefined ? undefined : String(a['host']),
-            });
-          }),
-        )
-        .command(
-          'down',
-          'Stop the simulated host of a folder',
-          (yy) => yy.option('dir', { type: 'string', demandOption: true }),
-          wrap(async (ctx) => {
-            const { simDownCommand } = await import('./commands/sim.js');
-            return simDownCommand(ctx, { dir: String(parsedArgs['dir']) });
-          }),
-        )
-        .command(
-          'serve',
-          false,
-          (yy) => yy.option('dir', { type: 'string', demandOption: true }).option('host', { type: 'string' }),
-          wrap(async () => {
-            const { simServe } = await import('./commands/sim-serve.js');
-            const a = parsedArgs;
-            const rc = await simServe({
-              dir: String(a['dir']),
-              host: a['host'] === undefined ? undefined : String(a['host']),
-            });
-            return rc === 0 ? ExitCode.OK : ExitCode.FAILURE;
-          }),
-        )
-        .demandCommand(1, 'sim: give a subcommand (up, down)'),
-    )
-    .command(
-      'demo',
-      'Show the product on a simulated host: a migration, a refusal and an abort (no Xen needed)',
-      (y) =>
-        y.option('dir', {
-          type: 'string',
-          describe: "Keep the demo's files here (default: a temp folder, removed)",
-        }),
-      wrap(async (ctx) => {
-        const { demoCommand } = await import('./commands/demo.js');
-        return demoCommand(ctx, {
-          dir: parsedArgs['dir'] === undefined ? undefined : String(parsedArgs['dir']),
-        });
-      }),
-    )
+      }
+      const names = subs.filter((c) => c.hidden !== true).map((c) => c.path[1]);
+      return g.demandCommand(1, `give a subcommand (${names.join(', ')})`);
+    });
+  }
+  parser = parser
     .demandCommand(1, 'give a command (devmigrate --help lists them)')
     .strict()
     .help()
+    .alias('help', 'h')
     .version(false)
     .exitProcess(false)
     .fail((msg: string | undefined, err: Error | undefined) => {
-      if (err) throw err;
-      throw new CliError(msg ?? 'bad command line', ExitCode.USAGE);
+      // The parser's own complaints (YError) are usage errors too; our handlers' errors pass.
+      if (err !== undefined && err.name !== 'YError') throw err;
+      throw fromParserMessage(msg ?? err?.message ?? '', argv);
     });
 
-  let parsedArgs: Record<string, unknown> = {};
-  // yargs calls the handler during parse; the handler reads the parsed values through this.
-  parser.middleware((a) => {
-    parsedArgs = a as Record<string, unknown>;
-  });
   try {
-    await parser.parseAsync();
+    let helpText = '';
+    await parser.parseAsync(argv, {}, (_err: Error | undefined, _a: unknown, output: string) => {
+      helpText = output;
+    });
+    if (helpText !== '') out.write(`${helpText}\n`);
     return code;
   } catch (err) {
+    if (err instanceof Error && err.name === 'YError')
+      return report(fromParserMessage(err.message, argv), jsonMode, ctxOverride);
     return report(err, jsonMode, ctxOverride);
   }
 }
@@ -384,12 +344,19 @@ function isEntryPoint(): boolean {
 
 if (isEntryPoint()) {
   const args = process.argv.slice(2);
-  main(args).then(
+  // The agent (drain) and the simulated host's supervisor (sim down) handle their own signals;
+  // every other command stops what it started.
+  const own = commandOf(args)?.path.join(' ');
+  const interrupt =
+    args[0] === 'agent' || own === 'agent' || own === 'sim serve' ? undefined : new Interrupt();
+  interrupt?.install((code) => process.exit(code));
+  main(args, interrupt !== undefined ? { interrupt } : undefined).then(
     (rc) => {
+      interrupt?.uninstall();
       process.exitCode = rc;
-      // The daemon may leave timers of jobs it gave up on (after its bounded drain): exit
-      // explicitly once the last log lines are out, rather than hang on them.
-      if (ranAgent) setTimeout(() => process.exit(rc), 50);
+      // The daemon may leave timers of jobs it gave up on (after its bounded drain); a CLI
+      // command may leave a watch of a job it stopped following: exit once the output is out.
+      if (ranAgent || interrupt?.received !== undefined) setTimeout(() => process.exit(rc), 50);
     },
     (err: unknown) => {
       process.stderr.write(`devmigrate: ${String(err)}\n`);

@@ -12,6 +12,11 @@ export const SIM_FILES = {
   log: 'sim.log',
   /** xenstored's own folder (socket, state). */
   xenstored: 'xenstored',
+  /** With `sim up --agent`: the agent's pid and its log. */
+  agentPid: 'agent.pid',
+  agentLog: 'agent.log',
+  /** The guests of the host, as JSON (domid, name, device kinds). */
+  guests: 'sim-guests.json',
 } as const;
 
 export type SimEnv = Record<string, string>;

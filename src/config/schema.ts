@@ -70,10 +70,17 @@ export interface LimitsConfig {
   reservedCriticalOps: number;
 }
 
+/** The Prometheus textfile for node_exporter's textfile collector (docs/operations.md, "Metrics"). */
+export interface MetricsConfig {
+  enabled: boolean;
+  /** Absolute path of a `.prom` file; written (temp file + rename) only when its folder exists. */
+  textfile: string;
+}
+
 export interface DevMigrateConfig {
   /** XenStore socket; undefined -> libxenstore's discovery (XENSTORED_PATH, /run/xenstored/socket). */
   xenstoredPath?: string;
-  logLevel: 'error' | 'warn' | 'info' | 'debug';
+  logLevel: 'error' | 'warn' | 'notice' | 'info' | 'debug';
   /** Devices of unknown backend types: refuse the migration (fail closed) or ignore them. */
   unknownDevices: 'refuse' | 'ignore';
   /** Backend domains to search for the guest's devices; empty -> scan every domain's backend/. */
@@ -83,6 +90,7 @@ export interface DevMigrateConfig {
   disks: DisksConfig;
   /** Per backend type settings (vbd, vtpm, vusb, pci, ...). */
   devices: Record<string, DeviceTypeConfig>;
+  metrics: MetricsConfig;
 }
 
 export const DEFAULT_CONFIG_PATH = '/etc/xen/devmigrate.json';
@@ -113,6 +121,8 @@ export function defaultConfig(): DevMigrateConfig {
       sharedFsTypes: ['nfs', 'nfs4', 'cifs', 'smb2', 'ceph', 'gfs2', 'ocfs2', 'glusterfs', 'lustre'],
     },
     devices: {},
+    // Debian's prometheus-node-exporter reads this folder (--collector.textfile.directory).
+    metrics: { enabled: true, textfile: '/var/lib/prometheus/node-exporter/xen-devmigrate.prom' },
   };
 }
 
@@ -242,10 +252,11 @@ export function validateConfig(raw: unknown): DevMigrateConfig {
     'limits',
     'disks',
     'devices',
+    'metrics',
   ]);
   if (root.xenstoredPath !== undefined) cfg.xenstoredPath = absPath(root.xenstoredPath, 'xenstoredPath');
   if (root.logLevel !== undefined) {
-    cfg.logLevel = oneOf(root.logLevel, 'logLevel', ['error', 'warn', 'info', 'debug'] as const);
+    cfg.logLevel = oneOf(root.logLevel, 'logLevel', ['error', 'warn', 'notice', 'info', 'debug'] as const);
   }
   if (root.unknownDevices !== undefined) {
     cfg.unknownDevices = oneOf(root.unknownDevices, 'unknownDevices', ['refuse', 'ignore'] as const);
@@ -312,6 +323,17 @@ export function validateConfig(raw: unknown): DevMigrateConfig {
         remoteRoot: c.remoteRoot === undefined ? '/' : absPath(c.remoteRoot, 'disks.copy.remoteRoot'),
         extraArgs,
       };
+    }
+  }
+  if (root.metrics !== undefined) {
+    const m = obj(root.metrics, 'metrics');
+    checkKeys(m, 'metrics', ['enabled', 'textfile']);
+    if (m.enabled !== undefined) cfg.metrics.enabled = bool(m.enabled, 'metrics.enabled');
+    if (m.textfile !== undefined) {
+      const f = absPath(m.textfile, 'metrics.textfile');
+      if (!f.endsWith('.prom'))
+        throw new ConfigError('metrics.textfile', 'must end in .prom (node_exporter reads only those)');
+      cfg.metrics.textfile = f;
     }
   }
   if (root.devices !== undefined) {

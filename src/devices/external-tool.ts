@@ -46,7 +46,8 @@ export interface RunToolOptions {
   log: Logger;
   env?: Record<string, string>;
   cwd?: string;
-  onLine?: (line: string, stream: 'stdout' | 'stderr') => void;
+  /** Each output line; return true for a progress line (then logged at debug, not info). */
+  onLine?: (line: string, stream: 'stdout' | 'stderr') => boolean | void;
   /**
    * The check every argv value must pass (default: a plain word, SAFE_WORD). A caller whose argv
    * holds values of another validated shape (rsync's `-e "ssh -o X"`, `[v6]:path`) passes its own.
@@ -131,8 +132,10 @@ export async function runTool(
           if (line.trim() === '') continue;
           tail.push(line);
           if (tail.length > 5) tail.shift();
-          opts.log.info(`[${path}] ${line}`, { stream });
-          opts.onLine?.(line, stream);
+          // A progress line the caller consumed (rsync's, about every second) goes to debug:
+          // info keeps what a tool says, not a ticker of it.
+          const progress = opts.onLine?.(line, stream) === true;
+          opts.log[progress ? 'debug' : 'info'](`[${path}] ${line}`, { stream });
         }
       };
     };

@@ -88,6 +88,7 @@ export class RsyncDiskMigrator implements DeviceMigrator {
       onLine: (line) => {
         const done = parseProgress2(line);
         if (done !== undefined) ctx.progress(Math.min(done, this.size), this.size);
+        return done !== undefined;
       },
     }).finally(() => {
       ctx.signal.removeEventListener('abort', onAbort);

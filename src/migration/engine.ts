@@ -19,6 +19,7 @@ import { parseDomid, validateRequest, type JobRequest } from './job-schema.js';
 import type { JobRunEvent } from './job-events.js';
 import { JobRun, type JobStart, type PersistedFacts } from './job-run.js';
 import { JobWriter } from './job-writer.js';
+import { timelineHook, type JobEndReport } from './timeline-recorder.js';
 import { domidOfKey, withLogContext } from './log-context.js';
 import {
   classifyJobPath,
@@ -50,6 +51,10 @@ export interface EngineOptions {
   onJobEvent?(ev: JobRunEvent): void;
   /** The host's process table (default: /proc); a crashed predecessor's tools are stopped through it. */
   processes?: ProcessTable;
+  /** Each job's end (done or final) with its timeline figures: the agent's summary line, metrics. */
+  onJobEnd?(report: JobEndReport): void;
+  /** Each job's start, with its domain's trusted name (log lines name the domain). */
+  onJobStart?(info: { domid: number; jobId: string; name?: string }): void;
 }
 
 /** Nodes the agent writes in a job dir; cleared when a new request replaces a finished job. */
@@ -67,6 +72,8 @@ const AGENT_NODES = [
   'control',
   'source',
   'suspend-request',
+  'name',
+  'timeline',
 ];
 
 /** States after the domain was suspended: a draining agent lets these finish within its bound. */
@@ -793,9 +800,9 @@ export class MigrationEngine {
         const found = await discoverDevices(this.xs, domid, this.index, registry, this.log);
         this.readOps += found.ops;
         devices = found.devices;
-        const needsName = devices.some((d) => registry.usesTool(d.ref.type));
-        name = needsName ? await trustedDomainName(this.xs, domid, this.log) : undefined;
-        if (needsName) this.readOps += 4;
+        // The trusted name is recorded with the job (status and report name a domain that left).
+        name = await trustedDomainName(this.xs, domid, this.log);
+        this.readOps += 4;
         break;
       } catch (err) {
         if (attempt < DISCOVERY_ATTEMPTS) {
@@ -826,7 +833,15 @@ export class MigrationEngine {
         writer,
         deviceTimeoutMs: (t) => registry.deviceTimeoutMs(t),
         processes: this.opts.processes ?? procTable,
-        ...(this.opts.onMark !== undefined ? { onMark: this.opts.onMark } : {}),
+        onMark: timelineHook({
+          domid,
+          jobId: request.id,
+          ...(name !== undefined ? { name } : {}),
+          writer,
+          ...(this.opts.onMark !== undefined ? { forward: this.opts.onMark } : {}),
+          ...(this.opts.onJobEnd !== undefined ? { onEnd: this.opts.onJobEnd } : {}),
+          ...(this.opts.onJobStart !== undefined ? { onStart: this.opts.onJobStart } : {}),
+        }),
         ...(this.opts.onJobEvent !== undefined ? { onEvent: this.opts.onJobEvent } : {}),
       },
       name,

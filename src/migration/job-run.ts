@@ -321,7 +321,8 @@ export class JobRun {
     // An outcome that needs a look stands out by level (docs/operations.md, "Log levels").
     const meta = { event: ev.type, ...(extra.error !== undefined ? { error: extra.error } : {}) };
     if (next === 'failed') this.log.error(line, meta);
-    else if (next === 'aborted' || next === 'refused') this.log.warn(line, meta);
+    // An abort before anything changed (a `check`, a requester's change of mind) is not a problem.
+    else if (next === 'refused' || (next === 'aborted' && ev.type !== 'abort')) this.log.warn(line, meta);
     else this.log.info(line, meta);
     this.setState(next);
     const nodes: Record<string, string | undefined> = {

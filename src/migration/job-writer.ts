@@ -4,7 +4,7 @@
 // devices and the domain still get recovered when XenStore is unreachable.
 import type { XenStore, XsOps } from '../xenstore/types.js';
 import type { Logger } from '../devices/types.js';
-import { jobNode } from './paths.js';
+import { jobNode, jobPath } from './paths.js';
 
 export interface DeviceUpdate {
   state?: string;
@@ -20,6 +20,8 @@ export class JobWriteError extends Error {
 
 export class JobWriter {
   private readonly pendingDevices = new Map<string, DeviceUpdate>();
+  /** Timeline nodes (relative paths): written with device updates, before the job's state. */
+  private readonly pendingNotes = new Map<string, string>();
   private pendingProgress: string | undefined;
   private chain: Promise<void> = Promise.resolve();
   private flushScheduled = false;
@@ -38,6 +40,12 @@ export class JobWriter {
   device(type: string, devid: string, update: DeviceUpdate): void {
     const key = `${type}/${devid}`;
     this.pendingDevices.set(key, { ...this.pendingDevices.get(key), ...update });
+    this.scheduleFlush();
+  }
+
+  /** Queues a write of a node relative to the job dir (timeline records); coalesced like devices. */
+  note(rel: string, value: string): void {
+    this.pendingNotes.set(rel, value);
     this.scheduleFlush();
   }
 
@@ -114,6 +122,8 @@ export class JobWriter {
       if (u.policy !== undefined) writes.push([`${base}/policy`, u.policy]);
     }
     this.pendingDevices.clear();
+    for (const [rel, value] of this.pendingNotes) writes.push([`${jobPath(this.domid)}/${rel}`, value]);
+    this.pendingNotes.clear();
     if (this.pendingProgress !== undefined) {
       writes.push([jobNode.progress(this.domid), this.pendingProgress]);
       this.pendingProgress = undefined;

@@ -6,7 +6,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startSim, type RunningSim } from '../../src/cli/commands/sim-serve.js';
+import { startSim, type RunningSim } from '../../xen-mocks/sim-kit.js';
 import { writeRequest, newJobId } from '../../src/cli/job-client.js';
 import { connectXenStore } from '../../src/xenstore/index.js';
 import type { XenStore } from '../../src/xenstore/types.js';

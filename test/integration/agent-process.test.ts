@@ -11,7 +11,7 @@ import { createInterface } from 'node:readline';
 import { Writable } from 'node:stream';
 import { main } from '../../src/cli/main.js';
 import { ExitCode } from '../../src/cli/exit-codes.js';
-import { startSim, type RunningSim } from '../../src/cli/commands/sim-serve.js';
+import { startSim, type RunningSim } from '../../xen-mocks/sim-kit.js';
 import { removeJob, writeRequest } from '../../src/cli/job-client.js';
 import { connectXenStore } from '../../src/xenstore/index.js';
 import type { XenStore } from '../../src/xenstore/types.js';
@@ -274,7 +274,7 @@ describe('devmigrate as a process on a simulated host', () => {
       '30',
     );
     expect(r.code, r.out + r.err).toBe(ExitCode.ABORTED);
-    expect(r.out).toContain('delta is running here');
+    expect(r.out).toContain('delta: it is running here');
     expect(r.out).toContain('xl said: xc: error: Failed to enable logdirty');
     const d = await sim.harness.getDomain(4);
     expect(d !== undefined && !d.shutdown && d.paused === 0).toBe(true);

@@ -32,7 +32,7 @@ afterAll(async () => {
 
 describe('simulated host from xen-mocks/hosts/example-host.json', () => {
   it('creates every guest in the hypervisor and in XenStore', async () => {
-    expect([...host.guests.keys()]).toEqual([1, 2, 3]);
+    expect([...host.guests.keys()]).toEqual([1, 2, 3, 4]);
     expect(await xs.readString('/local/domain/1/name')).toBe('web01');
     expect(await xs.readString('/local/domain/2/vm')).toBe('/vm/0b9e2d44-1c7f-4e36-8a5d-7f3c2b1e4d02');
     expect(await h.getDomain(2)).toMatchObject({ hvm: true, hvmParams: { 0: 1 } });
@@ -59,7 +59,7 @@ describe('simulated host from xen-mocks/hosts/example-host.json', () => {
     const asGuest = await connectXenStore({ path: host.guest(1).socketPath, timeoutMs: 10_000 });
     try {
       expect(await asGuest.readString('/local/domain/0/backend/vbd/1/51712/params')).toBe(
-        '/dev/vg0/web01-root',
+        '/dev/vg-shared/web01-root',
       );
       let err: unknown;
       await asGuest

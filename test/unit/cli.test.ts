@@ -10,7 +10,10 @@ import { main } from '../../src/cli/main.js';
 import { ExitCode } from '../../src/cli/exit-codes.js';
 import { expand, parseCommand } from '../../src/cli/commands/migrate.js';
 import { checkTarget } from '../../src/cli/job-client.js';
-import { deviceLines, jobSummary, ProgressDisplay } from '../../src/cli/render.js';
+import { COMMANDS, GLOBAL_OPTIONS } from '../../src/cli/command-spec.js';
+import { parseDestination, parseSshCommand } from '../../src/cli/target.js';
+import { deviceLines, jobSummary } from '../../src/cli/render.js';
+import { LiveDisplay } from '../../src/cli/live-view.js';
 import { Backoff } from '../../src/agent/backoff.js';
 import { engineLogger } from '../../src/agent/engine-adapter.js';
 import { createLogger, LineCapture } from '../../src/agent/logger.js';
@@ -32,14 +35,126 @@ async function run(argv: string[]): Promise<{ code: number; out: string; err: st
 }
 
 describe('command line', () => {
-  it('an unknown command is a usage error (64)', async () => {
-    const r = await run(['frobnicate']);
-    expect(r.code).toBe(ExitCode.USAGE);
-    expect(r.err).toMatch(/Unknown argument: frobnicate/);
+  // One style for every bad command line: "devmigrate: <command>: <what>", the usage as a hint, 64.
+  const BAD: [string[], RegExp][] = [
+    [
+      ['frobnicate'],
+      /^devmigrate: unknown command "frobnicate" \(one of agent, migrate, check, status, report, abort, step, config, sim, demo\)$/m,
+    ],
+    [['migrate', 'web01'], /^devmigrate: migrate: missing <\[user@\]host>$/m],
+    [['migrate'], /^devmigrate: migrate: missing <domain> <\[user@\]host>$/m],
+    [['migrate', 'web01', 'host-b', 'extra'], /^devmigrate: migrate: unexpected argument "extra"$/m],
+    [['migrate', 'web01', 'host-b', '--bogus-flag'], /^devmigrate: migrate: unknown option --bogus-flag$/m],
+    [
+      ['agent', '--log-format', 'xml'],
+      /^devmigrate: agent: --log-format "xml" is not one of auto, journal, human, json$/m,
+    ],
+    [
+      ['agent', '--log-level', 'chatty'],
+      /^devmigrate: agent: --log-level "chatty" is not one of error, warn, notice, info, debug$/m,
+    ],
+    [
+      ['step', 'web01', 'jump'],
+      /^devmigrate: step: <step> "jump" is not one of test, pre-suspend, post-suspend, sync, recover, abort$/m,
+    ],
+    [['status', 'web01', '--timeout'], /^devmigrate: status: --timeout needs a value$/m],
+    [
+      ['check', 'web01', '--timeout', 'soon'],
+      /^devmigrate: check: --timeout must be a positive number of seconds/m,
+    ],
+    [['sim', 'up'], /^devmigrate: sim up: missing --dir$/m],
+    [['sim', 'fly'], /^devmigrate: sim: unknown subcommand "fly" \(one of up, down\)$/m],
+    [
+      ['migrate', 'web01', 'root@host;reboot'],
+      /^devmigrate: destination "root@host;reboot": "host;reboot" is not a host name/m,
+    ],
+    [
+      ['migrate', '-s', 'ssh $(id)', 'web01', 'host-b'],
+      /^devmigrate: -s \(ssh command\): "\$\(id\)" has characters that are not allowed/m,
+    ],
+    [['migrate', '-s', '', 'web01', 'host-b'], /^devmigrate: -s "": xl would run the destination itself/m],
+    [[], /^devmigrate: give a command \(devmigrate --help lists them\)$/m],
+  ];
+  it.each(BAD)('%j is a usage error (64) in the one style', async (argv, msg) => {
+    const r = await run(argv);
+    expect(r.code, r.err).toBe(ExitCode.USAGE);
+    expect(r.err).toMatch(msg);
+    expect(r.err.split('\n')[0]).toMatch(/^devmigrate: /);
+    const j = await run(['--json', ...argv]);
+    expect(JSON.parse(j.out)).toMatchObject({ ok: false, exit: 64 });
   });
 
-  it('a missing argument is a usage error (64)', async () => {
-    expect((await run(['migrate', 'web01'])).code).toBe(ExitCode.USAGE);
+  it('a usage error of a command shows its synopsis as a hint', async () => {
+    const r = await run(['migrate', 'web01']);
+    expect(r.err).toContain('  - usage: devmigrate migrate [options] <domain> <[user@]host>');
+  });
+
+  it('--version prints the version and the job protocol; --help is captured, names the manual and every command', async () => {
+    const v = await run(['--version']);
+    expect(v.code).toBe(0);
+    expect(v.out).toMatch(/^devmigrate \d+\.\d+\.\d+ \(job protocol 1\)\n$/);
+    const h = await run(['--help']);
+    expect(h.code).toBe(0);
+    expect(h.out).toContain('man devmigrate');
+    expect(h.out).not.toContain('docs/');
+    for (const c of [
+      'agent',
+      'migrate',
+      'check',
+      'status',
+      'report',
+      'abort',
+      'step',
+      'config',
+      'sim',
+      'demo',
+    ])
+      expect(h.out).toContain(`devmigrate ${c}`);
+    const m = await run(['migrate', '--help']);
+    expect(m.out).toMatch(/-s, --ssh-command/);
+    expect(m.out).toContain('--timeout');
+    const a = await run(['agent', '--help']);
+    expect(a.out).toMatch(/choices: "auto", "journal", "human", "json"/);
+  });
+
+  it('every option and argument of every command has a description; fixed sets have their choices', () => {
+    for (const c of [...COMMANDS, { path: ['(global)'], options: GLOBAL_OPTIONS, positionals: [] }]) {
+      for (const o of c.options)
+        expect(o.describe.length, `${c.path.join(' ')} --${o.name}`).toBeGreaterThan(10);
+      for (const p of c.positionals)
+        expect(p.describe.length, `${c.path.join(' ')} <${p.name}>`).toBeGreaterThan(5);
+    }
+    const opt = (cmd: string, name: string) =>
+      COMMANDS.find((c) => c.path.join(' ') === cmd)?.options.find((o) => o.name === name);
+    expect(opt('agent', 'log-format')?.choices).toEqual(['auto', 'journal', 'human', 'json']);
+    expect(opt('agent', 'log-level')?.choices).toEqual(['error', 'warn', 'notice', 'info', 'debug']);
+    expect(COMMANDS.find((c) => c.path[0] === 'step')?.positionals[1]?.choices).toContain('pre-suspend');
+  });
+
+  it("xl's destination [user@]host: the host alone goes into the job; user names and hosts are checked", () => {
+    expect(parseDestination('root@host-b.example.org')).toEqual({
+      spec: 'root@host-b.example.org',
+      host: 'host-b.example.org',
+      user: 'root',
+    });
+    expect(parseDestination('2001:db8::1')).toEqual({ spec: '2001:db8::1', host: '2001:db8::1' });
+    expect(parseDestination('admin@192.0.2.7').host).toBe('192.0.2.7');
+    expect(() => parseDestination('ro ot@host')).toThrow(/not a user name/);
+    expect(() => parseDestination('@host')).toThrow(/not a user name/);
+    expect(() => parseDestination('root@[::1]')).toThrow(/not a host name/);
+  });
+
+  it("xl's -s is kept as words; a shell-unsafe word or an empty command is refused", () => {
+    expect(parseSshCommand('ssh -p 2222 -o BatchMode=yes')).toEqual([
+      'ssh',
+      '-p',
+      '2222',
+      '-o',
+      'BatchMode=yes',
+    ]);
+    expect(() => parseSshCommand('ssh -p 2222; reboot')).toThrow(/not allowed/);
+    expect(() => parseSshCommand("ssh -o 'x y'")).toThrow(/not allowed/);
+    expect(() => parseSshCommand('  ')).toThrow(/xl would run the destination/);
   });
 
   it('a target host with shell characters is refused before anything is written (64)', async () => {
@@ -49,10 +164,6 @@ describe('command line', () => {
     expect(() => checkTarget('host-b.example.org')).not.toThrow();
     expect(() => checkTarget('2001:db8::1')).not.toThrow();
     expect(() => checkTarget('[::1]')).toThrow();
-  });
-
-  it('an unknown step is refused (64)', async () => {
-    expect((await run(['step', 'web01', 'jump'])).code).toBe(ExitCode.USAGE);
   });
 });
 
@@ -87,8 +198,13 @@ describe('external commands', () => {
     expect(() => parseCommand('   ', 'x')).toThrow(/empty/);
   });
 
-  it('{host} becomes the destination', () => {
-    expect(expand(['ssh', '{host}', 'xl', 'unpause'], 'host-b')).toEqual(['ssh', 'host-b', 'xl', 'unpause']);
+  it('{host} becomes the destination as given ([user@]host)', () => {
+    expect(expand(['ssh', '{host}', 'xl', 'unpause'], 'root@host-b')).toEqual([
+      'ssh',
+      'root@host-b',
+      'xl',
+      'unpause',
+    ]);
   });
 });
 
@@ -130,19 +246,23 @@ describe('rendering', () => {
     expect(jobSummary(job)).toContain('  error: refused by 1 device(s)');
   });
 
-  it('progress: one line per state off a TTY, rewritten in place on a TTY', () => {
+  it('the live view: plain lines per change off a TTY; on a TTY a block redrawn in place and erased at the end', () => {
     const plain = new Sink();
-    const p = new ProgressDisplay(plain);
+    let now = 0;
+    const p = new LiveDisplay(plain, true, () => now);
     p.update({ ...job, state: 'testing', devices: [] });
     p.update({ ...job, state: 'testing', progress: '1/2', devices: [] });
     p.update({ ...job, state: 'refused', devices: [] });
     expect(plain.text).toBe('  testing\n  refused\n');
     const tty = new Sink();
     tty.isTTY = true;
-    const t = new ProgressDisplay(tty);
+    const t = new LiveDisplay(tty, true, () => now);
     t.update({ ...job, state: 'syncing', progress: '3/4', devices: [] });
+    now = 1500;
     t.end();
-    expect(tty.text).toBe('\r\x1b[2Ksyncing 3/4\n');
+    expect(tty.text).toBe(
+      '\r\x1b[2Kvault01 -> host-b  syncing  3/4 devices  0.00 s\n' + '\x1b[1A\r\x1b[2K\n\x1b[1A',
+    );
   });
 });
 

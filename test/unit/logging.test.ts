@@ -169,7 +169,7 @@ describe("the engine's job lines (--log-format json)", () => {
 });
 
 describe("the engine's job outcomes (--log-format journal)", () => {
-  it('log failed at error (<3>), aborted and refused at warning (<4>), done at info (<6>)', async () => {
+  it('log failed at error (<3>), refused and aborted after a change at warning (<4>), done and an abort before any change at info (<6>)', async () => {
     const cap = new LineCapture();
     const log = createLogger({ format: 'journal', level: 'debug', stream: cap });
     const xs = new MemoryXenStore();
@@ -177,7 +177,8 @@ describe("the engine's job outcomes (--log-format journal)", () => {
     const dom0 = [{ domid: 0, access: 'n' as const }];
     const cfg = defaultConfig();
     const registry = new DeviceRegistry(cfg);
-    // Domain 21 refuses at test, 22 fails its pre-suspend, 23 is aborted, 24 migrates.
+    // Domain 21 refuses at test, 22 fails its pre-suspend, 23 is aborted before anything changed
+    // (what `devmigrate check` does), 25 is aborted after its pre-suspend, 24 migrates.
     registry.register('vbd', {
       inspect: () => Promise.resolve({}),
       create: () => ({
@@ -188,7 +189,7 @@ describe("the engine's job outcomes (--log-format journal)", () => {
           ctx.job.domid === 22 ? Promise.reject(new Error('copy broke')) : Promise.resolve(),
       }),
     });
-    for (const d of [21, 22, 23, 24]) {
+    for (const d of [21, 22, 23, 24, 25]) {
       domains.add(d);
       xs.put(`/local/domain/0/backend/vbd/${d}/51712/params`, '/x', dom0);
     }
@@ -202,14 +203,21 @@ describe("the engine's job outcomes (--log-format journal)", () => {
       expect(xs.value(`${base(d)}/state`)).toBe(state);
     };
     try {
-      for (const d of [21, 22, 23, 24]) {
+      for (const d of [21, 22, 23, 24, 25]) {
         xs.put(base(d), '', dom0);
-        const mode = d === 23 ? 'steps' : 'auto';
+        const mode = d === 23 || d === 25 ? 'steps' : 'auto';
         const req = { id: `out-${d}`, target: 'host-b', mode, suspend: 'agent', live: '1' };
         for (const [k, v] of Object.entries(req)) xs.put(`${base(d)}/request/${k}`, v, dom0);
       }
       await waitFor(23, 'accepted');
       xs.put(`${base(23)}/control`, 'abort', dom0);
+      await waitFor(25, 'accepted');
+      xs.put(`${base(25)}/control`, 'test', dom0);
+      await waitFor(25, 'tested');
+      xs.put(`${base(25)}/control`, 'pre-suspend', dom0);
+      await waitFor(25, 'pre-suspended');
+      xs.put(`${base(25)}/control`, 'abort', dom0);
+      await waitFor(25, 'aborted');
       await waitFor(21, 'refused');
       await waitFor(22, 'failed');
       await waitFor(23, 'aborted');
@@ -223,7 +231,8 @@ describe("the engine's job outcomes (--log-format journal)", () => {
     expect(outcome(21, 'refused')).toMatch(/^<4>/);
     expect(outcome(22, 'failed')).toMatch(/^<3>/);
     expect(outcome(22, 'failed')).toContain('copy broke');
-    expect(outcome(23, 'aborted')).toMatch(/^<4>/);
+    expect(outcome(23, 'aborted')).toMatch(/^<6>/);
+    expect(outcome(25, 'aborted')).toMatch(/^<4>/);
     expect(outcome(24, 'done')).toMatch(/^<6>/);
   });
 });

@@ -1,52 +1,54 @@
-// `devmigrate migrate <domain> <host>`: the xl wrapper. A job with suspend=toolstack lets the
-// agent start post-suspend the moment xl suspends the guest; xl runs with -p (paused at the
-// destination) and the guest is unpaused there only once the devices are synced.
+// `devmigrate migrate [-s CMD] <domain> <[user@]host>`: the xl wrapper, in four stages. (1) A job
+// with suspend=toolstack; wait until the agent has prepared every device. (2) `xl migrate -p`:
+// xl suspends the guest (the agent starts post-suspend at that moment) and leaves it paused at
+// the destination. (3) Once the devices are synced (done), unpause it there through the same
+// remote shell. (4) Print the summary. Ctrl-C before xl's point of no return aborts everything
+// (xl resumes the guest here); past it, the command says where the guest is and goes on.
 import { spawn } from 'node:child_process';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { XenStore } from '../../xenstore/types.js';
 import { CliError, ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { println, printJson, withXenStore, type CliContext } from '../context.js';
+import { InterruptedError, SIGNAL_EXIT } from '../interrupt.js';
 import {
-  checkTarget,
   isFinal,
   newJobId,
+  pruneFinishedJobs,
   readJob,
   removeJob,
   waitForJob,
   writeControl,
   writeRequest,
+  writeToolstackMark,
+  type DomainRef,
   type JobView,
 } from '../job-client.js';
+import { LiveDisplay } from '../live-view.js';
 import { resolveMigratable } from '../preflight.js';
-import { jobSummary, ProgressDisplay } from '../render.js';
+import { jobSummary } from '../render.js';
+import { expand, parseDestination, type Destination } from '../target.js';
+import { domainState, resumeIfSuspended } from '../domain-state.js';
+import { failureOfOutput, startXl, type XlResult, type XlRun } from '../xl-run.js';
+import { figures } from '../../migration/timeline.js';
+
+export { expand, parseCommand } from '../target.js';
 
 export interface MigrateArgs {
   domain: string;
-  host: string;
-  /** argv before "<domain> <host>"; default xl migrate -p. */
+  /** `[user@]host` as given (xl and the remote shell get it as is). */
+  destination: string;
+  /** xl's -s: the remote shell's words; undefined = xl's default (ssh), not passed to xl. */
+  sshCommand?: string[];
+  /** argv before "[-s SSH] <domain> <[user@]host>"; default xl migrate -p. */
   migrateCommand: string[];
-  /** argv before "<domain>", run to unpause at the destination; default ssh <host> xl unpause. */
-  unpauseCommand: string[];
+  /** argv before "<domain>" run at the destination once synced; default <ssh> {host} xl unpause. */
+  unpauseCommand?: string[];
   live: boolean;
   timeoutMs: number;
-  /** Keep the finished job in XenStore (default: removed once reported). */
+  /** Keep the finished job for status and report (default); false removes it. */
   keepJob?: boolean;
-}
-
-/** Words only: the commands run without a shell, and odd characters are refused up front. */
-export function parseCommand(text: string, what: string): string[] {
-  const words = text.trim().split(/\s+/).filter(Boolean);
-  if (words.length === 0) throw new CliError(`${what} is empty`, ExitCode.USAGE);
-  for (const w of words) {
-    if (!/^[A-Za-z0-9_@%+=:,./{}-]+$/.test(w)) {
-      throw new CliError(`${what}: ${JSON.stringify(w)} has characters that are not allowed`, ExitCode.USAGE);
-    }
-  }
-  return words;
-}
-
-/** {host} in a command word becomes the destination host (e.g. "ssh {host} xl unpause"). */
-export function expand(words: readonly string[], host: string): string[] {
-  return words.map((w) => w.split('{host}').join(host));
 }
 
 interface RunResult {
@@ -55,11 +57,13 @@ interface RunResult {
   output: string;
 }
 
+/** A short command on the destination (the unpause): argv, no shell, bounded. */
 function run(argv: readonly string[], timeoutMs: number): Promise<RunResult> {
   return new Promise((resolve) => {
     const [cmd, ...rest] = argv;
     if (cmd === undefined) return resolve({ code: 127, signal: null, output: 'empty command' });
-    const child = spawn(cmd, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Its own process group: a Ctrl-C at the terminal must not cut the unpause in half.
+    const child = spawn(cmd, rest, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     let output = '';
     const keep = (b: Buffer): void => {
       output = (output + b.toString()).slice(-16_384);
@@ -82,158 +86,428 @@ function lastLines(text: string, n = 5): string[] {
   return text.trim().split('\n').slice(-n).filter(Boolean);
 }
 
+/** Shows argv as a shell would need it typed (the -s value has spaces). */
+function shown(argv: readonly string[]): string {
+  return argv.map((w) => (/^[A-Za-z0-9_@%+=:,./{}-]+$/.test(w) ? w : `'${w}'`)).join(' ');
+}
+
+const UNPAUSE_TIMEOUT_MS = 60_000;
+/** After an abort: how long the devices' recovery may take before we say what we know. */
+const RECOVERY_WAIT_MS = 150_000;
+
 export async function migrateCommand(ctx: CliContext, args: MigrateArgs): Promise<ExitCodeValue> {
-  checkTarget(args.host);
+  const dest = parseDestination(args.destination);
   return withXenStore(ctx, async (xs) => {
     const dom = await resolveMigratable(xs, args.domain);
-    const display = new ProgressDisplay(ctx.out, !ctx.json);
-    const say = (l: string): void => {
-      display.end();
-      if (!ctx.json) println(ctx, l);
-    };
-    const finish = async (
-      code: ExitCodeValue,
-      job: JobView | undefined,
-      msg: string,
-      hints: string[] = [],
-    ): Promise<ExitCodeValue> => {
-      display.end();
-      // Once xl moved it, the source's name is gone from XenStore: show the one resolved at the start.
-      const shown = job !== undefined ? { ...job, name: job.name ?? dom.name } : undefined;
-      if (ctx.json)
-        printJson(ctx, {
-          domid: dom.domid,
-          name: dom.name,
-          target: args.host,
-          result: msg,
-          exit: code,
-          job: shown ?? null,
-          hints,
-        });
-      else {
-        if (shown) for (const l of jobSummary(shown)) println(ctx, l);
-        println(ctx, msg);
-        for (const h of hints) println(ctx, `  - ${h}`);
-      }
-      if (!args.keepJob && isFinal(job?.state)) await removeJob(xs, dom.domid).catch(() => undefined);
-      return code;
-    };
-
-    await writeRequest(xs, dom.domid, {
-      id: newJobId(),
-      target: args.host,
-      mode: 'auto',
-      suspend: 'toolstack',
-      live: args.live,
-    });
-    say(`migrating ${dom.name} (id ${dom.domid}) to ${args.host}`);
-    const onChange = (j: JobView | undefined): void => display.update(j);
-
-    // 1. test + pre-suspend; the agent then waits to see the toolstack suspend the domain.
-    const ready = await waitForJob(
-      xs,
-      dom.domid,
-      (j) => j?.state === 'suspending' || isFinal(j?.state),
-      args.timeoutMs,
-      onChange,
-    );
-    if (ready?.state !== 'suspending') {
-      const code = ready?.state === 'refused' ? ExitCode.REFUSED : ExitCode.ABORTED;
-      return finish(
-        code,
-        ready,
-        `not migrated: the job ended in state ${ready?.state ?? '?'}; ${dom.name} keeps running here`,
-      );
-    }
-
-    // 2. xl migrate -p: xl suspends the guest (the agent sees it and runs post-suspend meanwhile).
-    const argv = [...expand(args.migrateCommand, args.host), dom.name, args.host];
-    say(`devices ready; running: ${argv.join(' ')}`);
-    const xl = await run(argv, args.timeoutMs);
-    if (xl.code !== 0) return afterXlFailure(xs, ctx, args, dom, xl, finish, onChange);
-
-    // 3. wait for sync, then unpause at the destination.
-    const end = await waitForJob(
-      xs,
-      dom.domid,
-      (j) => isFinal(j?.state) || j === undefined,
-      args.timeoutMs,
-      onChange,
-    ).catch((err: unknown) => {
-      if (err instanceof CliError && err.code === ExitCode.TIMEOUT) return readJob(xs, dom.domid);
-      throw err;
-    });
-    if (end?.state !== 'done') {
-      return finish(
-        ExitCode.UNCERTAIN,
-        end,
-        `UNCERTAIN: xl moved ${dom.name} to ${args.host} (left paused there) but the devices did not sync (state ${end?.state ?? 'unknown'})`,
+    // Only a running guest: xl's suspend is what the agent waits for, and one already suspended
+    // or paused (by an earlier failure, an administrator) would look like it.
+    const state = await domainState(xs, dom.domid);
+    if (state !== 'running' && state !== 'unknown') {
+      throw new CliError(
+        `${dom.name} (id ${dom.domid}) is ${state} here; migrate a running guest`,
+        ExitCode.FAILURE,
         [
-          `on ${args.host}: \`xl list ${dom.name}\` shows the guest paused; do NOT unpause it until its disks are verified`,
-          `on this host: \`devmigrate status ${dom.domid}\` and the agent log (journalctl -u xen-devmigrate) name the failing device`,
+          `xl list ${dom.name}; a suspended guest left by a failed migration: devmigrate status ${dom.domid} says which`,
         ],
       );
     }
-    const unpause = [...expand(args.unpauseCommand, args.host), dom.name];
-    say(`devices synced; unpausing at the destination: ${unpause.join(' ')}`);
-    const up = await run(unpause, 60_000);
-    if (up.code !== 0) {
-      return finish(
-        ExitCode.UNCERTAIN,
-        end,
-        `UNCERTAIN: ${dom.name} migrated and synced but is still PAUSED on ${args.host}`,
-        [`on ${args.host}: xl unpause ${dom.name}`, ...lastLines(up.output).map((l) => `unpause said: ${l}`)],
-      );
-    }
-    return finish(ExitCode.OK, end, `migrated ${dom.name} to ${args.host}; it is running there`);
+    return new Migration(ctx, xs, dom, dest, args).run();
   });
 }
 
-type Finish = (
-  code: ExitCodeValue,
-  job: JobView | undefined,
-  msg: string,
-  hints?: string[],
-) => Promise<ExitCodeValue>;
+type Outcome = { code: ExitCodeValue; msg: string; hints?: string[]; keep?: boolean };
 
-async function afterXlFailure(
-  xs: XenStore,
-  _ctx: CliContext,
-  args: MigrateArgs,
-  dom: { domid: number; name: string },
-  xl: RunResult,
-  finish: Finish,
-  onChange: (j: JobView | undefined) => void,
-): Promise<ExitCodeValue> {
-  const said = lastLines(xl.output).map((l) => `xl said: ${l}`);
-  // Abort the job: the agent recovers the devices; xl itself resumes a guest it suspended.
-  const now = await readJob(xs, dom.domid);
-  if (now && !isFinal(now.state)) await writeControl(xs, dom.domid, 'abort').catch(() => undefined);
-  const end = await waitForJob(
-    xs,
-    dom.domid,
-    (j) => j === undefined || (isFinal(j.state) && j.state !== 'done'),
-    120_000,
-    onChange,
-  ).catch(() => readJob(xs, dom.domid));
-  const stillHere = (await xs.tryRead(`/local/domain/${dom.domid}/name`)) === dom.name;
-  if (stillHere && end?.state === 'aborted') {
-    return finish(
-      ExitCode.ABORTED,
-      end,
-      `aborted: xl migrate failed (exit ${xl.code ?? xl.signal}); ${dom.name} is running here`,
-      said,
-    );
+class Migration {
+  private readonly display: LiveDisplay;
+  private readonly ssh: string[];
+  private xl: XlRun | undefined;
+  /** An interrupt past the point of no return was answered already: later stages do not repeat it. */
+  private declined = false;
+
+  constructor(
+    private readonly ctx: CliContext,
+    private readonly xs: XenStore,
+    private readonly dom: DomainRef,
+    private readonly dest: Destination,
+    private readonly args: MigrateArgs,
+  ) {
+    this.display = new LiveDisplay(ctx.out, !ctx.json && ctx.live !== false);
+    this.ssh = args.sshCommand ?? ['ssh'];
   }
-  return finish(
-    ExitCode.UNCERTAIN,
-    end,
-    `UNCERTAIN: xl migrate failed (exit ${xl.code ?? xl.signal}) and the state of ${dom.name} is not clear`,
-    [
-      stillHere
-        ? `on this host: \`xl list ${dom.name}\` (is it paused or shut down?) and \`devmigrate status ${dom.domid}\``
-        : `${dom.name} is no longer on this host: on ${args.host}, \`xl list ${dom.name}\``,
-      ...said,
-    ],
-  );
+
+  private say(line: string): void {
+    if (this.ctx.json) return;
+    this.display.say(line);
+  }
+
+  private get interrupt(): AbortSignal | undefined {
+    return this.ctx.interrupt?.signal;
+  }
+
+  /** The same remote shell xl used, for a command at the destination (hints and the unpause). */
+  private remote(...words: string[]): string {
+    return shown([...this.ssh, this.dest.spec, ...words]);
+  }
+
+  async run(): Promise<ExitCodeValue> {
+    let out: Outcome;
+    try {
+      out = await this.stages();
+    } finally {
+      this.display.end();
+      this.ctx.interrupt?.onRepeat(undefined);
+    }
+    return this.finish(out);
+  }
+
+  private async stages(): Promise<Outcome> {
+    const prepared = await this.prepare();
+    if (prepared !== undefined) return prepared;
+    const xl = await this.runXl();
+    if (xl.kind === 'outcome') return xl.outcome;
+    return this.syncAndUnpause();
+  }
+
+  /** Stage 1: the job, tested and prepared; undefined when xl may run. */
+  private async prepare(): Promise<Outcome | undefined> {
+    await writeRequest(this.xs, this.dom.domid, {
+      id: newJobId(),
+      target: this.dest.host,
+      mode: 'auto',
+      suspend: 'toolstack',
+      live: this.args.live,
+    });
+    this.say(`migrating ${this.dom.name} (id ${this.dom.domid}) to ${this.dest.spec}`);
+    let ready: JobView | undefined;
+    try {
+      ready = await waitForJob(
+        this.xs,
+        this.dom.domid,
+        (j) => j?.state === 'suspending' || isFinal(j?.state),
+        this.args.timeoutMs,
+        (j) => this.display.update(j),
+        this.interrupt,
+      );
+    } catch (err) {
+      if (!(err instanceof InterruptedError)) throw err;
+      const end = await this.abortJob();
+      const recovered =
+        end?.state === 'aborted' || end?.state === 'failed'
+          ? 'devices recovered'
+          : `job ${end?.state ?? 'state unknown'}`;
+      return {
+        code: SIGNAL_EXIT[err.signalName],
+        msg: `interrupted before xl ran: job aborted, ${recovered}; ${this.dom.name} keeps running here`,
+      };
+    }
+    if (ready?.state === 'suspending') return undefined;
+    const state = await domainState(this.xs, this.dom.domid);
+    return {
+      code:
+        ready?.state === 'refused'
+          ? ExitCode.REFUSED
+          : state === 'running'
+            ? ExitCode.ABORTED
+            : ExitCode.UNCERTAIN,
+      msg: `not migrated: the job ended ${ready?.state ?? '?'} before xl ran; ${this.dom.name} is ${state} here`,
+      ...(state !== 'running'
+        ? { keep: true, hints: [`devmigrate status ${this.dom.domid}`, `xl list ${this.dom.name}`] }
+        : {}),
+    };
+  }
+
+  /** Writes abort and waits (bounded) for the job to settle; the last view of it. */
+  private async abortJob(): Promise<JobView | undefined> {
+    const now = await readJob(this.xs, this.dom.domid);
+    if (now !== undefined && !isFinal(now.state))
+      await writeControl(this.xs, this.dom.domid, 'abort').catch(() => undefined);
+    if (now !== undefined && isFinal(now.state) && now.state !== 'done') return now;
+    this.say('waiting for the agent to recover the devices (Ctrl-C again leaves now)');
+    const leave = new AbortController();
+    this.ctx.interrupt?.onRepeat(() => leave.abort(new InterruptedError('SIGINT')));
+    try {
+      return await waitForJob(
+        this.xs,
+        this.dom.domid,
+        (j) => j === undefined || (isFinal(j.state) && j.state !== 'done'),
+        RECOVERY_WAIT_MS,
+        (j) => this.display.update(j),
+        leave.signal,
+      );
+    } catch {
+      return readJob(this.xs, this.dom.domid);
+    }
+  }
+
+  private xlArgv(): string[] {
+    const s = this.args.sshCommand !== undefined ? ['-s', this.args.sshCommand.join(' ')] : [];
+    return [...expand(this.args.migrateCommand, this.dest.spec), ...s, this.dom.name, this.dest.spec];
+  }
+
+  /** Stage 2: xl migrate; 'synced-next' when xl succeeded. */
+  private async runXl(): Promise<{ kind: 'outcome'; outcome: Outcome } | { kind: 'synced-next' }> {
+    const argv = this.xlArgv();
+    this.say(`devices ready; running: ${shown(argv)}`);
+    await writeToolstackMark(this.xs, this.dom.domid, 'migrateStart');
+    const xl = startXl(
+      argv,
+      this.args.timeoutMs,
+      join(tmpdir(), `devmigrate-xl-${this.dom.name}-${process.pid}.log`),
+    );
+    this.xl = xl;
+    xl.onStage((stage, at) => {
+      if (stage === 'acknowledged') {
+        void writeToolstackMark(this.xs, this.dom.domid, 'pointOfNoReturn', at).catch(() => undefined);
+        this.say(`xl: ${this.dest.host} has the memory of ${this.dom.name}: past the point of no return`);
+      }
+    });
+
+    // The job may be aborted while xl runs (devmigrate abort, a device failing in post-suspend,
+    // a deadline): xl must then not finish the move. Before its point of no return it is made to
+    // fail, and resumes the guest here.
+    let abortedBy: string | undefined;
+    const stopWatching = new AbortController();
+    const jobWatch = waitForJob(
+      this.xs,
+      this.dom.domid,
+      (j) => j === undefined || j.state === 'recovering' || (isFinal(j.state) && j.state !== 'done'),
+      this.args.timeoutMs + 60_000,
+      (j) => this.display.update(j),
+      stopWatching.signal,
+    ).then(
+      (j) => {
+        abortedBy =
+          j === undefined ? 'the job was removed' : `the job went ${j.state}${j.error ? `: ${j.error}` : ''}`;
+        const what = xl.cancel();
+        if (what === 'transport-stopped' || what === 'xl-stopped')
+          this.say(`${abortedBy}; stopping xl before its point of no return`);
+      },
+      () => undefined,
+    );
+
+    // Ctrl-C: before the point of no return, the same; past it, say where the guest is.
+    let interrupted: InterruptedError | undefined;
+    let stopped = false;
+    let leaveNow: (() => void) | undefined;
+    const left = new Promise<'left'>((resolve) => (leaveNow = () => resolve('left')));
+    const onInterrupt = (): void => {
+      const reason = this.interrupt?.reason;
+      interrupted = reason instanceof InterruptedError ? reason : new InterruptedError('SIGINT');
+      const what = xl.cancel();
+      if (what === 'transport-stopped' || what === 'xl-stopped') {
+        stopped = true;
+        this.say(
+          what === 'transport-stopped'
+            ? 'interrupted: stopping xl before its point of no return; xl resumes the guest here'
+            : 'interrupted: stopping xl before it began to send',
+        );
+        void writeControl(this.xs, this.dom.domid, 'abort').catch(() => undefined);
+        return;
+      }
+      this.declined = true;
+      this.say(`interrupted, but ${this.whereNow()}`);
+      this.say('going on to the unpause at the destination; Ctrl-C again leaves now');
+      this.ctx.interrupt?.onRepeat(() => leaveNow?.());
+    };
+    if (this.interrupt?.aborted) onInterrupt();
+    else this.interrupt?.addEventListener('abort', onInterrupt, { once: true });
+
+    const res = await Promise.race([xl.result, left]);
+    this.interrupt?.removeEventListener('abort', onInterrupt);
+    stopWatching.abort();
+    await jobWatch;
+    if (res === 'left') return { kind: 'outcome', outcome: this.leftEarly() };
+    // Its output is in hand (the last lines are shown on failure); xl is done with the file.
+    await rm(xl.logFile, { force: true });
+    const xlEnded = Date.now();
+    if (res.code === 0) {
+      await writeToolstackMark(this.xs, this.dom.domid, 'migrateEnd', xlEnded).catch(() => undefined);
+      // Stopped just as xl passed its point of no return: it finished; say so before going on.
+      if (stopped && !res.cancelled)
+        this.say(`xl finished before it could be stopped: ${this.dom.name} moved`);
+      return { kind: 'synced-next' };
+    }
+    const outcome = await this.afterXlFailure(res, interrupted, abortedBy, xlEnded);
+    // Written once the source is settled (devices recovered, guest checked): `devmigrate abort`
+    // waits for it before it says where the guest is.
+    await writeToolstackMark(this.xs, this.dom.domid, 'migrateEnd', xlEnded).catch(() => undefined);
+    return { kind: 'outcome', outcome };
+  }
+
+  /** Where the guest is once xl is past its point of no return (for a Ctrl-C and early exits). */
+  private whereNow(): string {
+    const stage = this.xl?.stage;
+    if (stage === 'started-at-target')
+      return `xl has started ${this.dom.name} paused on ${this.dest.host} and removes it here`;
+    return `xl is past its point of no return: ${this.dom.name} is suspended here (renamed ${this.dom.name}--migratedaway) and ${this.dest.host} holds its memory, to start it paused`;
+  }
+
+  private leftEarly(): Outcome {
+    return {
+      code: ExitCode.UNCERTAIN,
+      msg: `left before the end: ${this.whereNow()}`,
+      keep: true,
+      hints: [
+        `on ${this.dest.host}: \`${this.remote('xl', 'list', this.dom.name)}\` shows it paused once xl is done`,
+        `when \`devmigrate status ${this.dom.domid}\` says done (devices synced): ${this.remote('xl', 'unpause', this.dom.name)}`,
+        'do not unpause it before: its disks may not be in sync at the destination',
+        ...(this.xl !== undefined ? [`xl goes on without this command; its output: ${this.xl.logFile}`] : []),
+      ],
+    };
+  }
+
+  private async afterXlFailure(
+    xl: XlResult,
+    interrupted: InterruptedError | undefined,
+    abortedBy: string | undefined,
+    xlEnded: number,
+  ): Promise<Outcome> {
+    const said = lastLines(xl.output).map((l) => `xl said: ${l}`);
+    const how = xl.timedOut
+      ? `timed out after ${Math.round(this.args.timeoutMs / 1000)} s`
+      : `exit ${xl.code ?? xl.signal ?? '?'}`;
+    // The agent recovers the devices first; xl's failure path resumed the guest, or meant to
+    // (it ignores the result): the guest's real state decides, and a guest xl left suspended
+    // here is resumed now, the devices recovered.
+    const end = await this.abortJob();
+    const name = await this.xs.tryRead(`/local/domain/${this.dom.domid}/name`);
+    const stillHere = name === this.dom.name;
+    const failure = failureOfOutput(xl.output);
+    const settled = end === undefined || end.state === 'aborted' || end.state === 'failed';
+    const guest =
+      stillHere && failure !== 'undefined-state' && settled
+        ? await resumeIfSuspended(this.xs, this.dom.domid)
+        : { state: 'unknown' as const, resumed: false };
+    if (guest.state === 'running') {
+      // The window the guest stood still closes here (when xl resumed it, or we did).
+      const at = guest.resumed ? Date.now() : xlEnded;
+      await writeToolstackMark(this.xs, this.dom.domid, 'resumedHere', at).catch(() => undefined);
+    }
+    if (
+      stillHere &&
+      failure !== 'undefined-state' &&
+      settled &&
+      (guest.state === 'running' || guest.state === 'unknown')
+    ) {
+      const why = interrupted
+        ? `interrupted: xl migrate was stopped before its point of no return`
+        : abortedBy !== undefined
+          ? `aborted (${abortedBy}): xl migrate was stopped before its point of no return`
+          : `aborted: xl migrate failed (${how})`;
+      const state =
+        guest.state === 'unknown'
+          ? 'xl says it resumed it here (its state could not be read)'
+          : guest.resumed
+            ? 'xl left it suspended: resumed here, it is running'
+            : 'it is running here';
+      return {
+        code: interrupted ? SIGNAL_EXIT[interrupted.signalName] : ExitCode.ABORTED,
+        msg: `${why}; ${this.dom.name}: ${state}; its devices ${end?.recovered === '0' ? 'NOT all recovered (see the error)' : 'recovered'}`,
+        hints: interrupted ? [] : said,
+      };
+    }
+    return {
+      code: ExitCode.UNCERTAIN,
+      msg: `UNCERTAIN: xl migrate failed (${how}) and where ${this.dom.name} runs is not clear${stillHere && guest.state !== 'unknown' ? ` (here it is ${guest.state})` : ''}`,
+      keep: true,
+      hints: [
+        stillHere
+          ? `on this host: \`xl list ${this.dom.name}\` (is it paused or suspended?) and \`devmigrate status ${this.dom.domid}\``
+          : `${this.dom.name} is no longer named so here (xl renames it ${this.dom.name}--migratedaway past its point of no return): \`xl list\` here, \`${this.remote('xl', 'list')}\` there; run at most one`,
+        ...said,
+      ],
+    };
+  }
+
+  /** Stage 3: wait for the devices, then unpause at the destination. */
+  private async syncAndUnpause(): Promise<Outcome> {
+    // Past xl's point of no return: Ctrl-C only says where the guest is; a second one leaves.
+    const leave = new AbortController();
+    const onInterrupt = (): void => {
+      this.say(
+        `interrupted, but ${this.whereNow()}; waiting for the devices, then unpausing it there (Ctrl-C again leaves now)`,
+      );
+      this.ctx.interrupt?.onRepeat(() => leave.abort(new InterruptedError('SIGINT')));
+    };
+    if (this.interrupt?.aborted) onInterrupt();
+    else this.interrupt?.addEventListener('abort', onInterrupt, { once: true });
+    let end: JobView | undefined;
+    try {
+      end = await waitForJob(
+        this.xs,
+        this.dom.domid,
+        (j) => isFinal(j?.state) || j === undefined,
+        this.args.timeoutMs,
+        (j) => this.display.update(j),
+        leave.signal,
+      );
+    } catch (err) {
+      if (err instanceof InterruptedError) return this.leftEarly();
+      if (!(err instanceof CliError) || err.code !== ExitCode.TIMEOUT) throw err;
+      end = await readJob(this.xs, this.dom.domid);
+    } finally {
+      this.interrupt?.removeEventListener('abort', onInterrupt);
+    }
+    if (end?.state !== 'done') {
+      return {
+        code: ExitCode.UNCERTAIN,
+        keep: true,
+        msg: `UNCERTAIN: xl moved ${this.dom.name} to ${this.dest.host} (left paused there) but the devices did not sync (job ${end?.state ?? 'unknown'})`,
+        hints: [
+          `on ${this.dest.host}: \`${this.remote('xl', 'list', this.dom.name)}\` shows the guest paused; do NOT unpause it until its disks are verified`,
+          `on this host: \`devmigrate status ${this.dom.domid}\` and the agent log (journalctl -u xen-devmigrate) name the failing device`,
+        ],
+      };
+    }
+    const unpause = [
+      ...expand(this.args.unpauseCommand ?? [...this.ssh, '{host}', 'xl', 'unpause'], this.dest.spec),
+      this.dom.name,
+    ];
+    this.say(`devices synced; unpausing at the destination: ${shown(unpause)}`);
+    const up = await run(unpause, UNPAUSE_TIMEOUT_MS);
+    if (up.code !== 0) {
+      return {
+        code: ExitCode.UNCERTAIN,
+        keep: true,
+        msg: `UNCERTAIN: ${this.dom.name} migrated and synced but is still PAUSED on ${this.dest.host}`,
+        hints: [
+          `on ${this.dest.host}: ${this.remote('xl', 'unpause', this.dom.name)}`,
+          ...lastLines(up.output).map((l) => `unpause said: ${l}`),
+        ],
+      };
+    }
+    await writeToolstackMark(this.xs, this.dom.domid, 'unpaused').catch(() => undefined);
+    return { code: ExitCode.OK, msg: `migrated ${this.dom.name} to ${this.dest.spec}; it is running there` };
+  }
+
+  /** Stage 4: the summary, then the job kept (pruned) or removed. */
+  private async finish(out: Outcome): Promise<ExitCodeValue> {
+    const job = await readJob(this.xs, this.dom.domid, { timeline: true }).catch(() => undefined);
+    // Once xl moved it, the source's name is gone: show the one resolved at the start.
+    const shownJob = job !== undefined ? { ...job, name: job.name ?? this.dom.name } : undefined;
+    const hints = out.hints ?? [];
+    if (this.ctx.json) {
+      printJson(this.ctx, {
+        domid: this.dom.domid,
+        name: this.dom.name,
+        target: this.dest.host,
+        destination: this.dest.spec,
+        result: out.msg,
+        exit: out.code,
+        job: shownJob ?? null,
+        figures: shownJob?.timeline !== undefined ? figures(shownJob.timeline) : null,
+        hints,
+      });
+    } else {
+      if (shownJob) for (const l of jobSummary(shownJob)) println(this.ctx, l);
+      println(this.ctx, out.msg);
+      for (const h of hints) println(this.ctx, `  - ${h}`);
+    }
+    if (job !== undefined && isFinal(job.state)) {
+      if (this.args.keepJob === false && out.keep !== true)
+        await removeJob(this.xs, this.dom.domid).catch(() => undefined);
+      else await pruneFinishedJobs(this.xs).catch(() => undefined);
+    }
+    return out.code;
+  }
 }

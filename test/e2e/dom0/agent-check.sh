@@ -4,8 +4,9 @@
 #  (a) auto + suspend=agent: disk copied by rsync (to a local folder), vif through a device tool;
 #      done with the guest suspended, per-device results in XenStore; control=recover resumes it;
 #  (b) the vif tool exits 1 at post-suspend (step 2): devices recovered, guest resumed, failed;
-#  (c) `devmigrate migrate <guest> localhost` around `xl migrate -p` (suspend=toolstack): new
-#      domid, device phases recorded (--keep-job), the guest ticks at the destination.
+#  (c) `devmigrate migrate -s <ssh> <guest> localhost` around `xl migrate -p` (suspend=toolstack):
+#      new domid, device phases recorded (--keep-job), the guest ticks at the destination, and the
+#      job's timeline drawn by `devmigrate report` (text and SVG in the results folder).
 #  (e) SIGTERM while a job syncs: the agent aborts it, recovers, resumes the guest, exits 0.
 #  (d) (c) with a device sync slower than xl's end of migration: xl destroys the source while the
 #      device still syncs; the job must still end done and the guest tick at the destination.
@@ -297,8 +298,9 @@ scenario_c() {
   t0=$(now)
   watch_source "$old" /tmp/e2e-c-times &
   watcher=$!
-  "$E2E_NODE" "$cli" migrate --keep-job --timeout 300 \
-    --migrate-command "xl migrate -s $SSH -p" --unpause-command "xl unpause" \
+  # xl's own -s, through devmigrate: xl runs "$SSH localhost xl migrate-receive -p", and the unpause
+  # goes through the same remote shell ("$SSH localhost xl unpause <guest>").
+  "$E2E_NODE" "$cli" migrate --keep-job --timeout 300 -s "$SSH" \
     "$GUEST" localhost >/tmp/devmigrate-migrate.out 2>&1
   rc=$?
   took=$(since "$t0")
@@ -331,6 +333,10 @@ scenario_c() {
   moved=$(last_tick)
   wait_until 90 tick_above $((moved + 1)) || fail "(c) migrated guest (domain $new, xl '$(guest_xl_state)') does not tick (last $(last_tick))"
   wait_until 60 backends_connected || fail "(c) migrated guest's backends not connected: $(backend_states)"
+  # The job's timeline, drawn (the operator's `devmigrate report`), kept with the results.
+  "$E2E_NODE" "$cli" report "$old" --width 100 --svg "$E2E_RESULTS/report-c.svg" >"$E2E_RESULTS/report-c.txt" 2>&1 ||
+    jfail "$old" "(c) devmigrate report failed: $(tail -n 1 "$E2E_RESULTS/report-c.txt")"
+  sed 's/^/  report | /' "$E2E_RESULTS/report-c.txt"
   note "(c) domid $old -> $new in ${took}s, job done ($VBD, $VIF synced; $(times_of /tmp/e2e-c-times)), ticks $moved -> $(last_tick)"
   xenstore-rm "$JOBS/$old"
 }
