@@ -63,6 +63,8 @@ export interface MirrorConfig {
   reuseExisting: boolean;
   /** Bound on each QMP exchange (connect + greeting + one command) and on the export's start. */
   qmpTimeoutMs: number;
+  /** Bulk copy rate limit (blockdev-mirror `speed`), bytes/s; 0 = unlimited. */
+  bandwidthBytesPerSec: number;
 }
 
 export interface DisksConfig {
@@ -293,6 +295,7 @@ function validateMirror(v: unknown): MirrorConfig {
     'copyMode',
     'reuseExisting',
     'qmpTimeoutMs',
+    'bandwidthBytesPerSec',
   ]);
   const qmpPath = m.qmpPath === undefined ? '/var/run/xen/qmp-libxl-%d' : absPath(m.qmpPath, `${at}.qmpPath`);
   if (qmpPath.split('%d').length !== 2 || qmpPath.replace('%d', '').includes('%')) {
@@ -320,6 +323,10 @@ function validateMirror(v: unknown): MirrorConfig {
     reuseExisting: m.reuseExisting === undefined ? false : bool(m.reuseExisting, `${at}.reuseExisting`),
     qmpTimeoutMs:
       m.qmpTimeoutMs === undefined ? 10_000 : int(m.qmpTimeoutMs, `${at}.qmpTimeoutMs`, 100, HOUR_MS),
+    bandwidthBytesPerSec:
+      m.bandwidthBytesPerSec === undefined
+        ? 0
+        : int(m.bandwidthBytesPerSec, `${at}.bandwidthBytesPerSec`, 0, Number.MAX_SAFE_INTEGER),
   };
 }
 

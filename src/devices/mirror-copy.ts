@@ -225,7 +225,7 @@ export class MirrorDiskMigrator implements DeviceMigrator {
     try {
       await qmp.execute(
         'blockdev-mirror',
-        mirrorArgs(this.names, this.sourceNode, this.cfg.copyMode),
+        mirrorArgs(this.names, this.sourceNode, this.cfg.copyMode, this.cfg.bandwidthBytesPerSec),
         this.cfg.qmpTimeoutMs,
       );
       this.started = true;
@@ -263,7 +263,10 @@ export class MirrorDiskMigrator implements DeviceMigrator {
       }
       if (phase.kind === 'failed' || phase.kind === 'completed')
         throw new DeviceOpError(phase.kind === 'failed' ? phase.why : 'mirror ended early');
-      if (phase.len > 0) ctx.progress(Math.min(phase.offset, phase.len), phase.len);
+      // QEMU's len is an estimate that grows with the guest's writes: report in disk bytes.
+      const size = this.virtualSize;
+      if (phase.len > 0)
+        ctx.progress(Math.floor((Math.min(phase.offset, phase.len) / phase.len) * size), size);
       if (phase.kind === 'ready') {
         this.readyAt = { offset: phase.offset, len: phase.len };
         ctx.log.info(`mirror ${this.names.jobId} is in sync (${phase.len} bytes)`);
@@ -309,7 +312,7 @@ export class MirrorDiskMigrator implements DeviceMigrator {
         ? err
         : new DeviceOpError(`mirror completion failed: ${oneLine(err)}`, { cause: err });
     }
-    if (this.readyAt.len > 0) ctx.progress(this.readyAt.len, this.readyAt.len);
+    ctx.progress(this.virtualSize, this.virtualSize);
   }
 
   /** The job's end: JOB_STATUS_CHANGE events on this connection, checked against the job's entry. */

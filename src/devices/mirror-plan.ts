@@ -72,8 +72,10 @@ export function mirrorArgs(
   names: MirrorNames,
   sourceNode: string,
   copyMode: MirrorConfig['copyMode'],
+  bandwidthBytesPerSec = 0,
 ): Record<string, unknown> {
   return {
+    ...(bandwidthBytesPerSec > 0 ? { speed: bandwidthBytesPerSec } : {}),
     'job-id': names.jobId,
     device: sourceNode,
     target: names.targetNode,

@@ -84,28 +84,33 @@ export class QmpClient {
         reject(new QmpConnectionError(path, 'aborted'));
         return;
       }
-      const socket = createConnection({ path });
-      const client = new QmpClient(socket, path);
+      const deadline = Date.now() + opts.timeoutMs;
       let done = false;
+      let client: QmpClient | undefined;
+      let retry: NodeJS.Timeout | undefined;
       const finish = (err?: Error): void => {
         if (done) return;
         done = true;
         clearTimeout(timer);
+        clearTimeout(retry);
         opts.signal?.removeEventListener('abort', onAbort);
-        client.onReady = undefined;
-        client.onFail = undefined;
+        const c = client;
+        if (c !== undefined) {
+          c.onReady = undefined;
+          c.onFail = undefined;
+        }
         if (err !== undefined) {
-          client.destroy(err);
+          c?.destroy(err);
           reject(err);
-        } else resolve(client);
+        } else if (c !== undefined) resolve(c);
       };
       const timer = setTimeout(
         () =>
           finish(
             new QmpTimeoutError(
-              client.session.state === 'greeting'
-                ? 'greeting (monitor busy with another client?)'
-                : 'capabilities',
+              client?.session.state === 'negotiating'
+                ? 'capabilities'
+                : 'greeting (monitor busy with another client?)',
               opts.timeoutMs,
             ),
           ),
@@ -113,8 +118,19 @@ export class QmpClient {
       );
       const onAbort = (): void => finish(new QmpConnectionError(path, 'aborted'));
       opts.signal?.addEventListener('abort', onAbort, { once: true });
-      client.onReady = () => finish();
-      client.onFail = (e) => finish(e);
+      const attempt = (): void => {
+        const c = new QmpClient(createConnection({ path }), path);
+        client = c;
+        c.onReady = () => finish();
+        c.onFail = (e) => {
+          // A full accept queue (the monitor was hung, or is busy) answers EAGAIN: try again.
+          if (!done && /EAGAIN/.test(e.message) && Date.now() + 20 < deadline) {
+            c.onFail = undefined;
+            retry = setTimeout(attempt, 20);
+          } else finish(e);
+        };
+      };
+      attempt();
     });
   }
 
