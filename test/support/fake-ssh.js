@@ -82,9 +82,12 @@ if (noCommand || words.length === 0) {
   setInterval(() => undefined, 1 << 30);
 } else {
   const child = spawn('/bin/sh', ['-c', words.join(' ')], {
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['pipe', 'pipe', 'pipe'],
     detached: true,
   });
+  // stdin is the channel's (rsync speaks its protocol over it).
+  process.stdin.pipe(child.stdin);
+  child.stdin.on('error', () => undefined);
   child.stdout.pipe(process.stdout);
   child.stderr.pipe(process.stderr);
   child.on('error', (err) => {
