@@ -4,6 +4,7 @@
 // ends the READY job with a soft cancel, which leaves the target a consistent copy, and removes
 // the NBD node, upon which qemu-nbd flushes and exits; sync waits for that exit. Recover cancels
 // the job, removes our node, stops the export and removes the image we created.
+import { performance } from 'node:perf_hooks';
 import type { MirrorConfig } from '../config/schema.js';
 import { destinationVerdict, probeDestination } from './destination.js';
 import {
@@ -285,10 +286,17 @@ export class MirrorDiskMigrator implements DeviceMigrator {
     if (!this.started || this.readyAt === undefined)
       throw new DeviceOpError('mirror: post-suspend before the mirror was in sync');
     const t = this.cfg.qmpTimeoutMs;
+    // Each step's time goes to the debug log: this is the guest's downtime.
+    const t0 = performance.now();
+    const marks: string[] = [];
+    const mark = (what: string): void => {
+      marks.push(`${what} ${(performance.now() - t0).toFixed(1)}`);
+    };
     try {
       await withQmp(
         this.endpoint(),
         async (qmp) => {
+          mark('connected');
           const before = jobPhase(
             findBlockJob(await qmp.execute('query-block-jobs', undefined, t), this.names.jobId),
             false,
@@ -300,13 +308,18 @@ export class MirrorDiskMigrator implements DeviceMigrator {
           }
           this.endedByUs = true;
           await qmp.execute('block-job-cancel', { device: this.names.jobId }, t);
+          mark('cancel');
           await this.awaitConcluded(qmp, ctx);
+          mark('concluded');
           await qmp.execute('job-dismiss', { id: this.names.jobId }, t);
           this.started = false;
           await qmp.execute('blockdev-del', { 'node-name': this.names.targetNode }, t);
+          mark('node-removed');
         },
         ctx.signal,
       );
+      mark('disconnected');
+      ctx.log.debug(`mirror ${this.names.jobId} ended (ms since post-suspend began: ${marks.join(', ')})`);
     } catch (err) {
       throw err instanceof DeviceOpError
         ? err
@@ -343,7 +356,11 @@ export class MirrorDiskMigrator implements DeviceMigrator {
   async sync(ctx: OpContext): Promise<void> {
     const exp = this.exp;
     if (exp === undefined) throw new DeviceOpError('mirror: sync without an export');
+    const t0 = performance.now();
     await exp.awaitStopped({ timeoutMs: this.timing.deviceTimeoutMs, signal: ctx.signal, log: ctx.log });
+    ctx.log.debug(
+      `mirror ${this.names.jobId}: export stopped ${(performance.now() - t0).toFixed(1)} ms into sync`,
+    );
     ctx.log.info(
       `mirror of ${this.disk.path} complete at ${ctx.job.target}:${this.destPath()}; export stopped`,
     );

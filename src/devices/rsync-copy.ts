@@ -119,8 +119,11 @@ export class RsyncDiskMigrator implements DeviceMigrator {
       const rate = await measureReadRate(this.path, this.size, { log: ctx.log, signal: ctx.signal });
       if (rate !== undefined) {
         const est = estimateFinalPass(this.size, rate, this.extras.syncMs);
-        if (est.exceedsSync) ctx.log.warn(est.note);
-        notes.push(est.note);
+        // A warning leads the note (devmigrate check looks for it there).
+        if (est.exceedsSync) {
+          ctx.log.warn(est.note);
+          notes.unshift(est.note);
+        } else notes.push(est.note);
       }
     }
     return { ok: true, note: notes.join('; ') };

@@ -223,6 +223,46 @@ export function startWriter(nbdUri: string, sizeBytes: number, perSecond: number
   };
 }
 
+/**
+ * The guest of a blkback disk at work: random 4 KiB blocks written straight into the image file
+ * (what blkback's loop device does) at `perSecond` writes a second.
+ */
+export async function startFileWriter(path: string, sizeBytes: number, perSecond: number): Promise<Writer> {
+  const fh = await open(path, 'r+');
+  const blocks = Math.floor(sizeBytes / 4096);
+  const period = 1000 / perSecond;
+  const started = Date.now();
+  let sent = 0;
+  let done = 0;
+  let stopped = false;
+  let inflight: Promise<unknown> = Promise.resolve();
+  const tick = (): void => {
+    if (stopped) return;
+    const due = Math.min(Math.floor((Date.now() - started) / period) + 1 - sent, 50);
+    for (let k = 0; k < due; k += 1) {
+      const buf = Buffer.alloc(4096, randomInt(256));
+      sent += 1;
+      inflight = inflight
+        .then(() => fh.write(buf, 0, 4096, randomInt(blocks) * 4096))
+        .then(() => (done += 1));
+    }
+    timer = setTimeout(tick, Math.max(1, period));
+  };
+  let timer = setTimeout(tick, 0);
+  return {
+    get done() {
+      return done;
+    },
+    stop: async () => {
+      stopped = true;
+      clearTimeout(timer);
+      await inflight;
+      await fh.close();
+      return done;
+    },
+  };
+}
+
 export function nbdUri(socketPath: string, exportName = 'xvda'): string {
   return `nbd+unix:///${exportName}?socket=${socketPath}`;
 }
