@@ -12,6 +12,7 @@ PKGS=(
   rsync openssh-client                        # the built-in disk copy method
   systemd                                     # systemd-analyze verify of the unit
   qemu-system-x86 cpio busybox-static         # e2e: a real Xen 4.17 host in QEMU
+  qemu-system-common qemu-utils               # disk mirror tests, bench:disk: qemu-storage-daemon, qemu-nbd, qemu-img, qemu-io
   python3 ca-certificates
 )
 

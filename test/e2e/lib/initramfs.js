@@ -31,6 +31,9 @@ export const GUEST_MODULES = ['xen-blkfront', 'xen-netfront'];
 /** Host programs copied into dom0: the hotplug scripts are bash and want util-linux flock and
  * losetup (busybox has no flock; its losetup -a prints another format) and coreutils stat. */
 const HOST_PROGRAMS = ['/bin/bash', '/usr/bin/flock', '/usr/sbin/losetup', '/usr/bin/stat', '/usr/bin/rsync'];
+/** Programs from the unpacked packages for the mirror check: the device model libxl starts for a
+ * qdisk, and the destination's export tools (their libraries come through the ldd walk). */
+const PACKAGE_PROGRAMS = ['usr/libexec/xen-qemu-system-i386', 'usr/bin/qemu-nbd', 'usr/bin/qemu-img'];
 
 export class ImageError extends Error {
   name = 'ImageError';
@@ -234,6 +237,7 @@ function buildDom0(root, kver, stage, out, nodeBinary) {
     if (fs.existsSync(dst)) fs.rmSync(dst);
     copyReal(p, dst);
   }
+  for (const p of PACKAGE_PROGRAMS) copyReal(path.join(root, p), path.join(stage, p));
   const elves = walkFiles(stage).filter((f) => isElf(f) && !f.endsWith('.ko'));
   // node itself comes through the 9p share; its libraries must be in the initramfs.
   const libs = copyLibraries(stage, [...elves, nodeBinary]);

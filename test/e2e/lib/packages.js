@@ -24,6 +24,10 @@ export const PACKAGES = [
   'libxenstore4',
   'libyajl2',
   'busybox-static',
+  // The mirror check (dom0/checks/disk-mirror.sh): QEMU serving a qdisk (libxl starts
+  // /usr/libexec/xen-qemu-system-i386), qemu-nbd and qemu-img for the destination export.
+  'qemu-system-xen',
+  'qemu-utils',
 ];
 
 export class PackageError extends Error {
