@@ -30,15 +30,18 @@ function secs(ms: number): string {
   return ms >= 10_000 ? `${Math.round(ms / 1000)} s` : `${(ms / 1000).toFixed(1)} s`;
 }
 
-/** Final pass >= size / read rate (both hosts read the whole image in parallel). */
+/**
+ * Final pass >= size / read rate (both hosts read the whole image in parallel). The note must
+ * fit the device's `reason` node (the engine keeps 200 characters): the warning comes first.
+ */
 export function estimateFinalPass(sizeBytes: number, rate: ReadRate, syncMs: number): FinalPassEstimate {
   const ms =
     rate.bytesPerSec > 0 ? Math.ceil((sizeBytes / rate.bytesPerSec) * 1000) : Number.POSITIVE_INFINITY;
   const exceedsSync = ms > syncMs;
-  const how = `${human(rate.bytesPerSec)}/s${rate.direct ? '' : ' (cached reads: optimistic)'}`;
+  const how = `${human(rate.bytesPerSec)}/s${rate.direct ? '' : ' (cached: optimistic)'}`;
   const base = `rsync final pass (guest suspended) reads all ${human(sizeBytes)}: at least ${secs(ms)} at ${how}`;
-  const note = exceedsSync
-    ? `WARNING: ${base}, more than timeouts.syncMs (${secs(syncMs)}): the migration would fail after the suspend; use disks.mirror (qdisk) or shared storage`
-    : base;
+  // Short enough for the reason node even for a huge image on a slow disk (unit-tested).
+  const advice = 'mirror (qdisk) or shared storage avoid it';
+  const note = exceedsSync ? `WARNING: ${base}, over timeouts.syncMs (${secs(syncMs)}); ${advice}` : base;
   return { ms, exceedsSync, note };
 }

@@ -254,7 +254,10 @@ describe('rsync final-pass estimate', () => {
     const w = estimateFinalPass(500 * 2 ** 30, { bytesPerSec: 2 ** 30, direct: false }, 300_000);
     expect(w.exceedsSync).toBe(true);
     expect(w.note).toMatch(
-      /^WARNING: .* 500 s at 1.0 GiB\/s \(cached reads: optimistic\), more than timeouts.syncMs \(300 s\)/,
+      /^WARNING: .* 500 s at 1.0 GiB\/s \(cached: optimistic\), over timeouts.syncMs \(300 s\); mirror/,
+    );
+    expect(estimateFinalPass(2 ** 40, { bytesPerSec: 1, direct: false }, 1).note.length).toBeLessThanOrEqual(
+      200,
     );
   });
 });
