@@ -36,6 +36,41 @@ interface Bounds {
   log: Logger;
 }
 
+/**
+ * The export's one process: the remote shell with a unix-socket forward, running qemu-nbd on the
+ * destination under `timeout` (its life is bounded even if this host dies). Pure.
+ */
+export function exportCommand(spec: ExportSpec, pidFile: string): { words: string[]; rshExtra: string[] } {
+  const { cfg, names, destPath, format, lifetimeMs } = spec;
+  return {
+    rshExtra: [
+      '-o',
+      'ExitOnForwardFailure=yes',
+      '-o',
+      'StreamLocalBindUnlink=yes',
+      '-L',
+      `${names.localSocket}:${names.remoteSocket}`,
+    ],
+    words: [
+      'timeout',
+      '-s',
+      'TERM',
+      String(Math.max(1, Math.ceil(lifetimeMs / 1000))),
+      cfg.qemuNbd,
+      `--socket=${names.remoteSocket}`,
+      `--format=${format}`,
+      `--export-name=${names.exportName}`,
+      // One client (the source QEMU); without --persistent qemu-nbd exits once it is gone.
+      '--shared=1',
+      '--cache=writeback',
+      '--discard=unmap',
+      '--detect-zeroes=unmap',
+      `--pid-file=${pidFile}`,
+      destPath,
+    ],
+  };
+}
+
 export class NbdExport {
   /** True once we (may have) created the target image: recover removes it. */
   createdImage = false;
@@ -69,38 +104,12 @@ export class NbdExport {
 
   /** Starts the forward and qemu-nbd in one process; readiness is the source's first connection. */
   async start(log: Logger, killGraceMs: number): Promise<void> {
-    const { shell, cfg, names, destPath, format, lifetimeMs } = this.spec;
+    const { shell, cfg, names, lifetimeMs } = this.spec;
     await mkdir(cfg.runDir, { recursive: true, mode: 0o700 });
     await chmod(cfg.runDir, 0o700);
     await rm(names.localSocket, { force: true });
-    const secs = String(Math.max(1, Math.ceil(lifetimeMs / 1000)));
-    const { path, args } = remoteArgv(
-      shell,
-      [
-        'timeout',
-        '-s',
-        'TERM',
-        secs,
-        cfg.qemuNbd,
-        `--socket=${names.remoteSocket}`,
-        `--format=${format}`,
-        `--export-name=${names.exportName}`,
-        '--shared=1',
-        '--cache=writeback',
-        '--discard=unmap',
-        '--detect-zeroes=unmap',
-        `--pid-file=${this.pidFile}`,
-        destPath,
-      ],
-      [
-        '-o',
-        'ExitOnForwardFailure=yes',
-        '-o',
-        'StreamLocalBindUnlink=yes',
-        '-L',
-        `${names.localSocket}:${names.remoteSocket}`,
-      ],
-    );
+    const cmd = exportCommand(this.spec, this.pidFile);
+    const { path, args } = remoteArgv(shell, cmd.words, cmd.rshExtra);
     const ac = new AbortController();
     this.tunnelStop = ac;
     this.tunnelEnd = undefined;

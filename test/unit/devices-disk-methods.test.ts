@@ -20,6 +20,7 @@ import {
 } from '../../src/devices/mirror-plan.js';
 import { parseDdSummary } from '../../src/devices/read-rate.js';
 import { remoteArgv, remoteWordOk } from '../../src/devices/remote-shell.js';
+import { exportCommand } from '../../src/devices/nbd-export.js';
 import { ToolInputError } from '../../src/devices/external-tool.js';
 
 const mirrorCfg = validateConfig({ disks: { mirror: {} } }).disks.mirror;
@@ -189,6 +190,52 @@ describe('remote commands', () => {
     }
     expect(() => remoteArgv({ ...shell, host: '-oProxyCommand=x' }, ['true'])).toThrow(ToolInputError);
     expect(remoteArgv({ ...shell, host: '2001:db8::2' }, ['true']).args).toContain('2001:db8::2');
+  });
+});
+
+describe('the destination export', () => {
+  it('one process: ssh forwarding a unix socket, qemu-nbd for one client under a time bound', () => {
+    const names = mirrorNames(7, '51712', mirrorCfg);
+    const spec = {
+      shell: { rsh: mirrorCfg.rsh, host: 'host-b', killGraceMs: 100 },
+      cfg: mirrorCfg,
+      names,
+      destPath: '/var/lib/xen/images/g.img',
+      format: 'raw' as const,
+      sizeBytes: 1 << 30,
+      lifetimeMs: 3_600_500,
+    };
+    const cmd = exportCommand(spec, '/run/devmigrate/nbd-7-51712.pid');
+    expect(remoteArgv(spec.shell, cmd.words, cmd.rshExtra)).toEqual({
+      path: 'ssh',
+      args: [
+        '-o',
+        'BatchMode=yes',
+        '-o',
+        'ExitOnForwardFailure=yes',
+        '-o',
+        'StreamLocalBindUnlink=yes',
+        '-L',
+        '/run/devmigrate/nbd-7-51712.sock:/run/devmigrate/nbd-7-51712.sock',
+        'host-b',
+        'timeout',
+        '-s',
+        'TERM',
+        '3601',
+        '/usr/bin/qemu-nbd',
+        '--socket=/run/devmigrate/nbd-7-51712.sock',
+        '--format=raw',
+        '--export-name=devmigrate',
+        '--shared=1',
+        '--cache=writeback',
+        '--discard=unmap',
+        '--detect-zeroes=unmap',
+        '--pid-file=/run/devmigrate/nbd-7-51712.pid',
+        '/var/lib/xen/images/g.img',
+      ],
+    });
+    // No --persistent, no TCP: the export ends with its one client and listens on a socket only.
+    expect(cmd.words.join(' ')).not.toMatch(/--persistent|-t\b|--port|--bind/);
   });
 });
 
