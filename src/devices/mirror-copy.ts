@@ -1,9 +1,6 @@
-// The mirror method for QEMU-served (qdisk) disks: pre-suspend exports a fresh target image on
-// the destination (qemu-nbd behind the remote shell's forward) and has the guest's own QEMU run
-// blockdev-mirror to it (sync=full, copy-mode=write-blocking) until the job is READY; post-suspend
-// ends the READY job with a soft cancel, which leaves the target a consistent copy, and removes
-// the NBD node, upon which qemu-nbd flushes and exits; sync waits for that exit. Recover cancels
-// the job, removes our node, stops the export and removes the image we created.
+// The mirror method for QEMU-served (qdisk) disks: the guest's own QEMU mirrors the disk to a
+// qemu-nbd export on the destination until READY (pre-suspend), a soft cancel of the READY job
+// leaves the target a consistent copy (post-suspend), sync sees the export stop; recover undoes.
 import { performance } from 'node:perf_hooks';
 import type { MirrorConfig } from '../config/schema.js';
 import { destinationVerdict, probeDestination } from './destination.js';

@@ -1,8 +1,6 @@
-// The destination half of the mirror: the target image, and qemu-nbd serving it on a unix
-// socket that only the source reaches, through the remote shell's forward (ssh -L local:remote).
-// One process does both: `<rsh> -L ... host timeout N qemu-nbd ...`. qemu-nbd (without
-// --persistent) exits once its one client has disconnected, after flushing: the tunnel's exit
-// with status 0 is the proof that the export stopped and the image is complete.
+// The destination half of the mirror: the target image, and qemu-nbd serving it on a unix socket
+// only the source reaches (the remote shell's forward, ssh -L). qemu-nbd exits once its one client
+// has gone, after flushing: the process ending with status 0 proves the export stopped.
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import type { MirrorConfig } from '../config/schema.js';
 import { runTool, type ToolRunResult } from './external-tool.js';
