@@ -30,6 +30,41 @@ export interface RsyncCopyConfig {
   remoteRoot: string;
   /** Extra rsync options (each validated as a plain option word). */
   extraArgs: string[];
+  /** Write over a file already at the destination path (validated default false: refuse at test). */
+  reuseExisting?: boolean;
+  /** Copy holes as holes (`--sparse`; validated default true): thin images stay thin. */
+  sparse?: boolean;
+}
+
+/**
+ * Live mirroring of QEMU-served (qdisk) disks: the source QEMU runs blockdev-mirror to an NBD
+ * export of the target image that qemu-nbd serves on the destination, reached through a unix
+ * socket forwarded by the remote shell (ssh -L). See docs/config.md "Disk methods".
+ */
+export interface MirrorConfig {
+  /** Remote shell argv; the tunnel adds `-o ExitOnForwardFailure=yes -o StreamLocalBindUnlink=yes -L`. */
+  rsh: string[];
+  /** Destination path at the target = remoteRoot + source path ("/" = the same path). */
+  remoteRoot: string;
+  /** The guest QEMU's QMP socket; `%d` is replaced by the domid (libxl's is qmp-libxl-<domid>). */
+  qmpPath: string;
+  /** Where libxl keeps its per-domain QMP lock (userdata-l.<domid>.<uuid>.qmp-socket-lock); "" = no lock. */
+  qmpLockDir: string;
+  /** Local folder (created 0700) of the forwarded sockets. */
+  runDir: string;
+  /** Folder on the destination (created 0700) of qemu-nbd's socket. */
+  remoteRunDir: string;
+  /** Programs on the destination. */
+  qemuNbd: string;
+  qemuImg: string;
+  /** write-blocking: every guest write completes on both sides (in sync once ready); background: the target trails. */
+  copyMode: 'write-blocking' | 'background';
+  /** Write over an image already at the destination path (default: refuse at test). */
+  reuseExisting: boolean;
+  /** Bound on each QMP exchange (connect + greeting + one command) and on the export's start. */
+  qmpTimeoutMs: number;
+  /** Bulk copy rate limit (blockdev-mirror `speed`), bytes/s; 0 = unlimited. */
+  bandwidthBytesPerSec: number;
 }
 
 export interface DisksConfig {
@@ -39,6 +74,8 @@ export interface DisksConfig {
   sharedFsTypes: string[];
   /** How to copy local file-backed images; absent -> such disks are refused. */
   copy?: RsyncCopyConfig;
+  /** Mirror QEMU-served (qdisk) images live instead of copying them; absent -> they use `copy`. */
+  mirror?: MirrorConfig;
 }
 
 export interface TimeoutsConfig {
@@ -238,6 +275,71 @@ function validateTool(v: unknown, at: string, defaults: DevMigrateConfig): ToolC
 
 const DEVICE_TYPE = /^[a-z][a-z0-9_-]{0,31}$/;
 
+export const DEFAULT_RSH = ['ssh', '-o', 'BatchMode=yes'];
+
+function rshOf(v: unknown, at: string): string[] {
+  const rsh = v === undefined ? [...DEFAULT_RSH] : arrayOf(v, at, word, 16);
+  if (rsh.length === 0) throw new ConfigError(at, 'must name a command');
+  return rsh;
+}
+
+/** A folder whose sockets must fit sockaddr_un (108 bytes) with a file name added. */
+function socketDir(v: unknown, at: string): string {
+  const p = absPath(v, at);
+  if (p.length > 64) throw new ConfigError(at, 'at most 64 characters (unix socket paths are short)');
+  return p;
+}
+
+function validateMirror(v: unknown): MirrorConfig {
+  const at = 'disks.mirror';
+  const m = obj(v, at);
+  checkKeys(m, at, [
+    'rsh',
+    'remoteRoot',
+    'qmpPath',
+    'qmpLockDir',
+    'runDir',
+    'remoteRunDir',
+    'qemuNbd',
+    'qemuImg',
+    'copyMode',
+    'reuseExisting',
+    'qmpTimeoutMs',
+    'bandwidthBytesPerSec',
+  ]);
+  const qmpPath = m.qmpPath === undefined ? '/var/run/xen/qmp-libxl-%d' : absPath(m.qmpPath, `${at}.qmpPath`);
+  if (qmpPath.split('%d').length !== 2 || qmpPath.replace('%d', '').includes('%')) {
+    throw new ConfigError(`${at}.qmpPath`, 'must hold "%d" (the domid) exactly once and no other "%"');
+  }
+  return {
+    rsh: rshOf(m.rsh, `${at}.rsh`),
+    remoteRoot: m.remoteRoot === undefined ? '/' : absPath(m.remoteRoot, `${at}.remoteRoot`),
+    qmpPath,
+    qmpLockDir:
+      m.qmpLockDir === undefined
+        ? '/var/lib/xen'
+        : m.qmpLockDir === ''
+          ? ''
+          : absPath(m.qmpLockDir, `${at}.qmpLockDir`),
+    runDir: m.runDir === undefined ? '/run/devmigrate' : socketDir(m.runDir, `${at}.runDir`),
+    remoteRunDir:
+      m.remoteRunDir === undefined ? '/run/devmigrate' : socketDir(m.remoteRunDir, `${at}.remoteRunDir`),
+    qemuNbd: m.qemuNbd === undefined ? '/usr/bin/qemu-nbd' : absPath(m.qemuNbd, `${at}.qemuNbd`),
+    qemuImg: m.qemuImg === undefined ? '/usr/bin/qemu-img' : absPath(m.qemuImg, `${at}.qemuImg`),
+    copyMode:
+      m.copyMode === undefined
+        ? 'write-blocking'
+        : oneOf(m.copyMode, `${at}.copyMode`, ['write-blocking', 'background'] as const),
+    reuseExisting: m.reuseExisting === undefined ? false : bool(m.reuseExisting, `${at}.reuseExisting`),
+    qmpTimeoutMs:
+      m.qmpTimeoutMs === undefined ? 10_000 : int(m.qmpTimeoutMs, `${at}.qmpTimeoutMs`, 100, HOUR_MS),
+    bandwidthBytesPerSec:
+      m.bandwidthBytesPerSec === undefined
+        ? 0
+        : int(m.bandwidthBytesPerSec, `${at}.bandwidthBytesPerSec`, 0, Number.MAX_SAFE_INTEGER),
+  };
+}
+
 /** Validates parsed JSON; unknown keys are errors (a typo must not silently fall back to a default). */
 export function validateConfig(raw: unknown): DevMigrateConfig {
   const cfg = defaultConfig();
@@ -288,7 +390,7 @@ export function validateConfig(raw: unknown): DevMigrateConfig {
   }
   if (root.disks !== undefined) {
     const d = obj(root.disks, 'disks');
-    checkKeys(d, 'disks', ['sharedPathPrefixes', 'sharedFsTypes', 'copy']);
+    checkKeys(d, 'disks', ['sharedPathPrefixes', 'sharedFsTypes', 'copy', 'mirror']);
     if (d.sharedPathPrefixes !== undefined) {
       cfg.disks.sharedPathPrefixes = arrayOf(d.sharedPathPrefixes, 'disks.sharedPathPrefixes', absPath);
     }
@@ -302,11 +404,17 @@ export function validateConfig(raw: unknown): DevMigrateConfig {
     }
     if (d.copy !== undefined) {
       const c = obj(d.copy, 'disks.copy');
-      checkKeys(c, 'disks.copy', ['method', 'rsync', 'rsh', 'remoteRoot', 'extraArgs']);
+      checkKeys(c, 'disks.copy', [
+        'method',
+        'rsync',
+        'rsh',
+        'remoteRoot',
+        'extraArgs',
+        'reuseExisting',
+        'sparse',
+      ]);
       const method = oneOf(c.method, 'disks.copy.method', ['rsync'] as const);
-      const rsh =
-        c.rsh === undefined ? ['ssh', '-o', 'BatchMode=yes'] : arrayOf(c.rsh, 'disks.copy.rsh', word, 16);
-      if (rsh.length === 0) throw new ConfigError('disks.copy.rsh', 'must name a command');
+      const rsh = rshOf(c.rsh, 'disks.copy.rsh');
       const extraArgs =
         c.extraArgs === undefined
           ? []
@@ -322,8 +430,12 @@ export function validateConfig(raw: unknown): DevMigrateConfig {
         rsh,
         remoteRoot: c.remoteRoot === undefined ? '/' : absPath(c.remoteRoot, 'disks.copy.remoteRoot'),
         extraArgs,
+        reuseExisting:
+          c.reuseExisting === undefined ? false : bool(c.reuseExisting, 'disks.copy.reuseExisting'),
+        sparse: c.sparse === undefined ? true : bool(c.sparse, 'disks.copy.sparse'),
       };
     }
+    if (d.mirror !== undefined) cfg.disks.mirror = validateMirror(d.mirror);
   }
   if (root.metrics !== undefined) {
     const m = obj(root.metrics, 'metrics');

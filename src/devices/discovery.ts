@@ -98,6 +98,13 @@ export async function discoverDevices(
     ops += 1;
     return p;
   };
+  let uuid: Promise<string | undefined> | undefined;
+  const domainUuid = (): Promise<string | undefined> => {
+    uuid ??= trustedDomainUuid(xs, domid, log).finally(() => {
+      ops += 2;
+    });
+    return uuid;
+  };
   const backends = await index.backends();
   const found: DiscoveredDevice[] = [];
   const perType: Promise<void>[] = [];
@@ -158,6 +165,10 @@ export async function discoverDevices(
                 return;
               }
               const full: DeviceRef = { ...ref, backend };
+              if (factory.needsDomainUuid === true) {
+                const u = await domainUuid();
+                if (u !== undefined) full.domainUuid = u;
+              }
               found.push({ ref: full, migrator: factory.create(full) });
             }),
           );
@@ -173,6 +184,25 @@ export async function discoverDevices(
       : a.ref.type.localeCompare(b.ref.type),
   );
   return { devices: found, ops };
+}
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/**
+ * The domain's uuid from /local/domain/<domid>/vm ("/vm/<uuid>", written by libxl), trusted only
+ * when that node is owned by dom0 and writable by no other domain; otherwise undefined.
+ */
+export async function trustedDomainUuid(xs: XsOps, domid: number, log: Logger): Promise<string | undefined> {
+  const path = `/local/domain/${domid}/vm`;
+  const [vm, perms] = await Promise.all([xs.tryRead(path), xs.getPerms(path).catch(() => [] as Perm[])]);
+  if (vm === undefined) return undefined;
+  if (!ownedOnlyBy(perms, 0)) {
+    log.warn(`${path} is writable by a guest; the domain uuid is not used`);
+    return undefined;
+  }
+  const m = /^\/vm\/([0-9a-fA-F-]{36})$/.exec(vm);
+  const u = m?.[1]?.toLowerCase();
+  return u !== undefined && UUID_RE.test(u) ? u : undefined;
 }
 
 /**

@@ -2,6 +2,7 @@
 // PCI (refuse naming the BDF), and disks (shared -> ok, local file -> copy if configured, else refuse).
 import type { DevMigrateConfig } from '../config/schema.js';
 import { decideDisk, diskPath, type DiskDecision } from './disk-policy.js';
+import { MirrorDiskMigrator } from './mirror-copy.js';
 import { RsyncDiskMigrator } from './rsync-copy.js';
 import type { StorageProbe } from './storage.js';
 import type {
@@ -75,7 +76,7 @@ export const pciFactory: DeviceMigratorFactory = {
 export class DiskMigrator implements DeviceMigrator {
   policy = 'disk';
   private decision: DiskDecision | undefined;
-  private copier: RsyncDiskMigrator | undefined;
+  private method: DeviceMigrator | undefined;
 
   constructor(
     private readonly dev: DeviceRef,
@@ -94,18 +95,35 @@ export class DiskMigrator implements DeviceMigrator {
       !this.config.disks.sharedPathPrefixes.some((p) => path.startsWith(p))
         ? await this.storage.probe(path)
         : undefined;
-    const d = decideDisk(b, info, this.config.disks, this.dev.backendDomid);
+    const d = decideDisk(b, info, this.config.disks, this.dev.backendDomid, this.dev.type === 'qdisk');
     this.decision = d;
-    this.policy = d.action === 'copy' ? 'copy:rsync' : d.action;
-    if (d.action === 'copy' && this.config.disks.copy !== undefined) {
-      this.copier = new RsyncDiskMigrator(
-        d.path,
-        d.size,
-        this.config.disks.copy,
-        this.timeoutMs,
-        this.config.timeouts.killGraceMs,
+    const { copy, mirror } = this.config.disks;
+    const t = this.config.timeouts;
+    if (d.action === 'copy' && copy !== undefined) {
+      this.method = new RsyncDiskMigrator(d.path, d.size, copy, this.timeoutMs, t.killGraceMs, {
+        allocated: d.allocated,
+        syncMs: t.syncMs,
+      });
+    } else if (d.action === 'mirror' && mirror !== undefined) {
+      this.method = new MirrorDiskMigrator(
+        {
+          domid: this.dev.domid,
+          devid: this.dev.devid,
+          domainUuid: this.dev.domainUuid,
+          path: d.path,
+          vdev: d.vdev,
+          format: d.format,
+          allocatedBytes: d.allocated,
+        },
+        mirror,
+        {
+          deviceTimeoutMs: this.timeoutMs,
+          exportLifetimeMs: t.preSuspendMs + t.postSuspendMs + t.syncMs,
+          killGraceMs: t.killGraceMs,
+        },
       );
     }
+    this.policy = this.method?.policy ?? d.action;
     return d;
   }
 
@@ -119,23 +137,40 @@ export class DiskMigrator implements DeviceMigrator {
       case 'nothing':
         return { ok: true, note: d.why };
       case 'copy':
-        return this.copier !== undefined ? this.copier.test(ctx) : { ok: false, reason: 'no copy method' };
+      case 'mirror':
+        return this.method?.test !== undefined
+          ? this.method.test(ctx)
+          : { ok: false, reason: 'no copy method' };
     }
   }
   async preSuspend(ctx: OpContext): Promise<void> {
-    await (await this.copierOrUndefined())?.preSuspend(ctx);
+    await (await this.methodOrUndefined())?.preSuspend?.(ctx);
   }
   async postSuspend(ctx: OpContext): Promise<void> {
-    await (await this.copierOrUndefined())?.postSuspend(ctx);
+    await (await this.methodOrUndefined())?.postSuspend?.(ctx);
   }
   async sync(ctx: OpContext): Promise<void> {
-    await (await this.copierOrUndefined())?.sync(ctx);
+    await (await this.methodOrUndefined())?.sync?.(ctx);
   }
   async recover(ctx: OpContext, lastPhase: Phase): Promise<void> {
-    await this.copier?.recover(ctx, lastPhase);
+    // After an agent restart nothing was decided yet: decide, so the method can clean up by name.
+    await (await this.methodOrUndefined().catch(() => undefined))?.recover?.(ctx, lastPhase);
   }
-  private async copierOrUndefined(): Promise<RsyncDiskMigrator | undefined> {
+  private async methodOrUndefined(): Promise<DeviceMigrator | undefined> {
     await this.decide();
-    return this.copier;
+    return this.method;
   }
+}
+
+/** Disk backend types: the mirror needs the domain uuid (libxl's QMP lock is named after it). */
+export function diskFactory(
+  config: DevMigrateConfig,
+  storage: StorageProbe,
+  timeoutMs: (type: string) => number,
+): DeviceMigratorFactory {
+  return {
+    inspect: readKeys(['type', 'params', 'mode', 'dev']),
+    needsDomainUuid: config.disks.mirror !== undefined && config.disks.mirror.qmpLockDir !== '',
+    create: (dev) => new DiskMigrator(dev, config, storage, timeoutMs(dev.type)),
+  };
 }

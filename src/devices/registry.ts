@@ -2,14 +2,7 @@
 // else the built-in policy, else the unknown-type policy (refuse = fail closed, by default).
 import type { DevMigrateConfig } from '../config/schema.js';
 import { ExternalToolMigrator } from './external-tool.js';
-import {
-  DiskMigrator,
-  nothingFactory,
-  pciFactory,
-  readKeys,
-  refuseFactory,
-  NothingToDo,
-} from './policies.js';
+import { diskFactory, nothingFactory, pciFactory, readKeys, refuseFactory, NothingToDo } from './policies.js';
 import { realStorageProbe, type StorageProbe } from './storage.js';
 import type { DeviceMigratorFactory } from './types.js';
 
@@ -24,11 +17,8 @@ export class DeviceRegistry {
     storage: StorageProbe = realStorageProbe,
   ) {
     for (const t of NOTHING_TO_DO_TYPES) this.factories.set(t, nothingFactory);
-    const diskFactory: DeviceMigratorFactory = {
-      inspect: readKeys(['type', 'params', 'mode']),
-      create: (dev) => new DiskMigrator(dev, config, storage, this.deviceTimeoutMs(dev.type)),
-    };
-    for (const t of DISK_TYPES) this.factories.set(t, diskFactory);
+    const disks = diskFactory(config, storage, (t) => this.deviceTimeoutMs(t));
+    for (const t of DISK_TYPES) this.factories.set(t, disks);
     this.factories.set('pci', pciFactory);
     this.factories.set(
       'vtpm',

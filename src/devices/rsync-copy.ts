@@ -1,8 +1,14 @@
 // The built-in copy method for local file-backed images: rsync in two passes over the remote
 // shell: the bulk while the guest runs (pre-suspend), the final delta while it is suspended
 // (started in post-suspend, awaited in sync). Argv only; progress parsed from --info=progress2.
+// The test phase refuses a target path that exists (unless reuse is configured) or lacks room,
+// and estimates the final pass's downtime; recover removes a target file the copy created.
 import type { RsyncCopyConfig } from '../config/schema.js';
+import { destinationVerdict, probeDestination } from './destination.js';
+import { estimateFinalPass } from './downtime-estimate.js';
 import { runTool, type ToolRunResult } from './external-tool.js';
+import { measureReadRate } from './read-rate.js';
+import { mustRunRemote, type RemoteShell } from './remote-shell.js';
 import { DeviceOpError, type DeviceMigrator, type OpContext, type Phase, type TestOutcome } from './types.js';
 
 const SAFE_PATH = /^\/[A-Za-z0-9_.+@%=,:/-]{0,1023}$/;
@@ -35,6 +41,8 @@ export function rsyncArgOk(arg: string): boolean {
 export function rsyncArgs(cfg: RsyncCopyConfig, src: string, target: string): string[] {
   // --ignore-times: never trust size+mtime; a guest write in the same second as the bulk pass
   // would otherwise be skipped by the final pass (seen in the integration test).
+  // --sparse with --inplace: zero runs are punched as holes (rsync >= 3.1.3), so a region the guest
+  // zeroed after the bulk pass reads as zeros at the target too (tested).
   return [
     '--ignore-times',
     '--inplace',
@@ -42,6 +50,7 @@ export function rsyncArgs(cfg: RsyncCopyConfig, src: string, target: string): st
     '--no-whole-file',
     '--mkpath',
     '--info=progress2',
+    ...(cfg.sparse === false ? [] : ['--sparse']),
     ...cfg.extraArgs,
     '-e',
     cfg.rsh.join(' '),
@@ -51,10 +60,25 @@ export function rsyncArgs(cfg: RsyncCopyConfig, src: string, target: string): st
   ];
 }
 
+export interface RsyncExtras {
+  /** Bytes the image occupies (the destination needs that much room; the copy is sparse). */
+  allocated?: number;
+  /** timeouts.syncMs: the final pass's estimate is compared with it. */
+  syncMs?: number;
+  /** Measure the read rate at test (false in tests that only check argv). */
+  estimate?: boolean;
+}
+
+/** Bound on each remote check (test -e, df, rm) of the test phase and of the cleanup. */
+const REMOTE_CHECK_MS = 30_000;
+
 export class RsyncDiskMigrator implements DeviceMigrator {
   readonly policy = 'copy:rsync';
   private finalPass: Promise<ToolRunResult> | undefined;
   private readonly running = new Set<AbortController>();
+  /** The destination had no file at the path at test time: a failed copy removes what it made. */
+  private targetWasAbsent = false;
+  private copyStarted = false;
 
   constructor(
     private readonly path: string,
@@ -62,13 +86,47 @@ export class RsyncDiskMigrator implements DeviceMigrator {
     private readonly cfg: RsyncCopyConfig,
     private readonly timeoutMs: number,
     private readonly killGraceMs: number,
+    private readonly extras: RsyncExtras = {},
   ) {}
+
+  private shell(ctx: OpContext): RemoteShell {
+    return { rsh: this.cfg.rsh, host: ctx.job.target, killGraceMs: this.killGraceMs };
+  }
 
   async test(ctx: OpContext): Promise<TestOutcome> {
     if (!SAFE_PATH.test(this.path))
       return { ok: false, reason: `disk path ${this.path} has unsafe characters` };
-    void ctx;
-    return { ok: true, note: `copy ${this.size} bytes by rsync` };
+    const dest = remotePathFor(this.cfg, this.path);
+    const bounds = { timeoutMs: REMOTE_CHECK_MS, signal: ctx.signal, log: ctx.log };
+    let verdict: TestOutcome;
+    try {
+      const state = await probeDestination(this.shell(ctx), dest, bounds);
+      this.targetWasAbsent = !state.exists;
+      verdict = destinationVerdict(state, {
+        path: dest,
+        host: ctx.job.target,
+        needBytes: this.cfg.sparse === false ? this.size : (this.extras.allocated ?? this.size),
+        reuse: this.cfg.reuseExisting === true,
+        reuseKey: 'disks.copy.reuseExisting',
+      });
+    } catch (err) {
+      return { ok: false, reason: `rsync: destination check failed: ${(err as Error).message}` };
+    }
+    if (!verdict.ok) return verdict;
+    const notes = [`copy ${this.size} bytes by rsync`];
+    if (verdict.note !== undefined) notes.push(verdict.note);
+    if (this.extras.estimate !== false && this.extras.syncMs !== undefined) {
+      const rate = await measureReadRate(this.path, this.size, { log: ctx.log, signal: ctx.signal });
+      if (rate !== undefined) {
+        const est = estimateFinalPass(this.size, rate, this.extras.syncMs);
+        // A warning leads the note (devmigrate check looks for it there).
+        if (est.exceedsSync) {
+          ctx.log.warn(est.note);
+          notes.unshift(est.note);
+        } else notes.push(est.note);
+      }
+    }
+    return { ok: true, note: notes.join('; ') };
   }
 
   private pass(ctx: OpContext, label: string): Promise<ToolRunResult> {
@@ -78,6 +136,7 @@ export class RsyncDiskMigrator implements DeviceMigrator {
     ctx.signal.addEventListener('abort', onAbort, { once: true });
     this.running.add(ac);
     ctx.log.info(`rsync ${label} pass of ${this.path} to ${ctx.job.target}`);
+    this.copyStarted = true;
     return runTool(this.cfg.rsync, rsyncArgs(this.cfg, this.path, ctx.job.target), {
       timeoutMs: this.timeoutMs,
       killGraceMs: this.killGraceMs,
@@ -137,9 +196,28 @@ export class RsyncDiskMigrator implements DeviceMigrator {
   }
 
   async recover(ctx: OpContext, lastPhase: Phase): Promise<void> {
-    // The source image is untouched by a copy: stopping the passes is the whole undo.
+    // The source image is untouched by a copy: stop the passes, then remove a target file that
+    // did not exist before this copy (a torn image must not be taken for a good one).
     for (const ac of this.running) ac.abort(new Error(`recover after ${lastPhase}`));
     if (this.finalPass !== undefined) await this.finalPass.catch(() => undefined);
+    if (this.copyStarted && this.targetWasAbsent) {
+      const dest = remotePathFor(this.cfg, this.path);
+      try {
+        await mustRunRemote(this.shell(ctx), ['rm', '-f', dest], {
+          timeoutMs: REMOTE_CHECK_MS,
+          log: ctx.log,
+        });
+      } catch (err) {
+        throw new DeviceOpError(
+          `rsync copy stopped, but removing ${ctx.job.target}:${dest} failed: ${(err as Error).message}`,
+        );
+      }
+      this.copyStarted = false;
+      ctx.log.info(
+        `rsync copy of ${this.path} stopped; the partial copy ${ctx.job.target}:${dest} was removed`,
+      );
+      return;
+    }
     ctx.log.info(`rsync copy of ${this.path} stopped; the source image is unchanged`);
   }
 }

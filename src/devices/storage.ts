@@ -7,6 +7,8 @@ export interface StorageInfo {
   /** Filesystem type name as `stat -f -c %T` prints it ("nfs", "ext2/ext3", "tmpfs", ...). */
   fsType: string;
   size: number;
+  /** Bytes allocated on disk (st_blocks * 512): less than size for a thin image. */
+  allocated?: number;
 }
 
 export interface StorageProbe {
@@ -49,7 +51,7 @@ export const realStorageProbe: StorageProbe = {
     const fs = await statfs(path);
     const fsType = fsTypeName(Number(fs.type));
     if (st.isBlockDevice()) return { kind: 'block', fsType, size: st.size };
-    if (st.isFile()) return { kind: 'file', fsType, size: st.size };
+    if (st.isFile()) return { kind: 'file', fsType, size: st.size, allocated: st.blocks * 512 };
     return { kind: 'other', fsType, size: st.size };
   },
 };

@@ -15,6 +15,8 @@ export interface DeviceRef {
   backendPath: string;
   /** The backend nodes the type's factory asked for (absent nodes are missing). */
   backend: Readonly<Record<string, string>>;
+  /** The domain's uuid, for factories that ask for it (needsDomainUuid), when it can be trusted. */
+  domainUuid?: string;
 }
 
 /** What a job tells its devices; every value here has been validated by the engine. */
@@ -92,5 +94,7 @@ export type BackendReader = (key: string) => Promise<string | undefined>;
 export interface DeviceMigratorFactory {
   /** Reads what the policy needs from the backend (each read costs one XenStore op). */
   inspect(read: BackendReader): Promise<Record<string, string>>;
+  /** The migrator needs the domain's uuid (read once per job from dom0-owned nodes). */
+  needsDomainUuid?: boolean;
   create(dev: DeviceRef): DeviceMigrator;
 }

@@ -99,6 +99,7 @@ describe('disk policy (pure)', () => {
       action: 'copy',
       path: '/var/a.img',
       size: 4096,
+      allocated: 4096,
     });
   });
   it('empty drive -> nothing; missing image and driver-domain disks -> refused', () => {
@@ -221,7 +222,7 @@ describe('rsync copy helpers', () => {
     remoteRoot: '/srv/in',
     extraArgs: ['--bwlimit=10M'],
   };
-  it('argv: inplace/partial/progress2, rsh joined, remote root applied, IPv6 bracketed', () => {
+  it('argv: inplace/partial/progress2/sparse, rsh joined, remote root applied, IPv6 bracketed', () => {
     expect(rsyncArgs(cfg, '/var/a.img', '2001:db8::2')).toEqual([
       '--ignore-times',
       '--inplace',
@@ -229,6 +230,7 @@ describe('rsync copy helpers', () => {
       '--no-whole-file',
       '--mkpath',
       '--info=progress2',
+      '--sparse',
       '--bwlimit=10M',
       '-e',
       'ssh -o BatchMode=yes',
@@ -237,6 +239,7 @@ describe('rsync copy helpers', () => {
       '[2001:db8::2]:/srv/in/var/a.img',
     ]);
     expect(remoteSpec('host-b', '/x')).toBe('host-b:/x');
+    expect(rsyncArgs({ ...cfg, sparse: false }, '/var/a.img', 'h')).not.toContain('--sparse');
   });
   it('parses --info=progress2 lines', () => {
     expect(parseProgress2('     32,768,000  50%   31.25MB/s    0:00:01 (xfr#1, to-chk=0/1)')).toBe(

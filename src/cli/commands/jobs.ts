@@ -363,6 +363,8 @@ export async function checkCommand(
       await removeJob(xs, dom.domid);
     }
     const verdict = job?.state === 'tested' ? 'accepted' : 'refused';
+    // A device may accept with a warning (the rsync final pass outlasting timeouts.syncMs).
+    const warnings = (job?.devices ?? []).filter((d) => /^WARNING: /.test(d.reason ?? ''));
     if (ctx.json)
       printJson(ctx, {
         domid: dom.domid,
@@ -371,6 +373,7 @@ export async function checkCommand(
         verdict,
         error: job?.error,
         devices: job?.devices ?? [],
+        warnings: warnings.map((d) => `${d.type}/${d.devid}: ${d.reason ?? ''}`),
       });
     else {
       println(
@@ -379,6 +382,7 @@ export async function checkCommand(
       );
       if (job?.error) println(ctx, `  ${job.error}`);
       for (const l of job ? deviceLines(job) : []) println(ctx, l);
+      for (const d of warnings) ctx.err.write(`warning: ${d.type}/${d.devid}: ${d.reason ?? ''}\n`);
     }
     return verdict === 'accepted' ? ExitCode.OK : ExitCode.REFUSED;
   });

@@ -14,7 +14,7 @@ export E2E_RESULTS=/mnt/results
 # The check list. Later issue items plug in here: domain-control (suspend/resume/pause through
 # our libxenctrl bindings) and agent (the devmigrate daemon's jobs) skip, with their reason,
 # until their compiled entry points exist.
-CHECKS="dom0-xenstore node-version xenstore-socket xenstore-xenbus guest-create guest-save-restore guest-migrate domain-control agent guest-destroy"
+CHECKS="dom0-xenstore node-version xenstore-socket xenstore-xenbus guest-create guest-save-restore guest-migrate domain-control agent disk-mirror guest-destroy"
 [ -n "$E2E_ONLY" ] && CHECKS="$E2E_ONLY"
 
 # Per-check timeouts (seconds) under emulation; generous, the whole run is bounded by the host.
@@ -24,6 +24,7 @@ timeout_of() {
     guest-migrate | guest-save-restore) echo 240 ;;
     domain-control) echo 300 ;;
     agent) echo 600 ;;
+    disk-mirror) echo 600 ;;
     *) echo 120 ;;
   esac
 }

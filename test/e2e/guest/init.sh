@@ -17,6 +17,27 @@ for a in $(cat /proc/cmdline); do
   case $a in e2e.diskblocks=/dev/*) sh /disk-writer.sh "${a#e2e.diskblocks=}" 64 200000 & ;; esac
 done
 echo "guest up: $(cat /proc/cmdline)"
+# e2e.diskwriter=<dev> on the command line (test/e2e/dom0/checks/disk-mirror.sh): the guest
+# writes that disk all the time, random 4 KiB blocks spread over it, each synced, ten a second,
+# printing "disk-wrote N" once each write is on the disk.
+disk_writer() {
+  i=0
+  while [ ! -b "$1" ] && [ $i -lt 300 ]; do
+    i=$((i + 1))
+    sleep 0.1
+  done
+  blocks=$(($(cat "/sys/class/block/${1#/dev/}/size") / 8))
+  w=0
+  while [ "$blocks" -gt 0 ]; do
+    w=$((w + 1))
+    dd if=/dev/urandom of="$1" bs=4096 count=1 seek=$(((w * 7919) % blocks)) conv=fsync,notrunc 2>/dev/null &&
+      echo "disk-wrote $w"
+    usleep 100000
+  done
+}
+for a in $(cat /proc/cmdline); do
+  case $a in e2e.diskwriter=/dev/*) disk_writer "${a#e2e.diskwriter=}" & ;; esac
+done
 n=0
 while true; do
   n=$((n + 1))

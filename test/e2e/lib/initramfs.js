@@ -38,6 +38,9 @@ const PROGRAMS = ['bash', 'flock', 'losetup', 'stat', 'rsync'];
 const PROGRAM_DIRS = ['usr/bin', 'bin', 'usr/sbin', 'sbin'];
 /** Library folders searched in the unpacked packages, as the dynamic loader's defaults on Debian. */
 const LIB_DIRS = ['usr/lib/x86_64-linux-gnu', 'lib/x86_64-linux-gnu', 'usr/lib64', 'lib64', 'usr/lib', 'lib'];
+/** Programs from the unpacked packages for the mirror check: the device model libxl starts for a
+ * qdisk, and the destination's export tools (their libraries come through the ELF walk). */
+const PACKAGE_PROGRAMS = ['usr/libexec/xen-qemu-system-i386', 'usr/bin/qemu-nbd', 'usr/bin/qemu-img'];
 
 export class ImageError extends Error {
   name = 'ImageError';
@@ -341,6 +344,7 @@ function buildDom0(root, xen, kver, stage, out, nodeBinary) {
       fs.rmSync(dst, { force: true });
     copyReal(realInRoot(root, rel), dst);
   }
+  for (const p of PACKAGE_PROGRAMS) copyReal(realInRoot(root, p), path.join(stage, p));
   // Every ELF staged so far, and node (it comes through the share; its libraries must be here).
   const elves = walkFiles(stage)
     .filter((f) => isElf(f) && !f.endsWith('.ko'))

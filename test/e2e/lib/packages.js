@@ -40,6 +40,10 @@ export function hostPackages(xen) {
     'mount',
     'coreutils',
     'rsync',
+    // The mirror check (dom0/checks/disk-mirror.sh): QEMU serving a qdisk (libxl starts
+    // /usr/libexec/xen-qemu-system-i386), qemu-nbd and qemu-img for the destination export.
+    'qemu-system-xen',
+    'qemu-utils',
     // node (a generic Linux build) needs these besides libc.
     'libstdc++6',
     'libgcc-s1',
