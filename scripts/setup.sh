@@ -12,6 +12,7 @@ PKGS=(
   rsync openssh-client                        # the built-in disk copy method
   systemd                                     # systemd-analyze verify of the unit
   qemu-system-x86 cpio busybox-static         # e2e: a real Xen 4.17 host in QEMU
+  debootstrap lintian xz-utils binutils       # the Debian package (lintian) and the two-host deploy e2e
   python3 ca-certificates
 )
 
