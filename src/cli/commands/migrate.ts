@@ -55,7 +55,18 @@ interface RunResult {
   output: string;
 }
 
-function run(argv: readonly string[], timeoutMs: number): Promise<RunResult> {
+/**
+ * What xl migrate prints once the destination holds the complete domain (renamed, paused with
+ * -p) and before it destroys the source, which takes seconds more (device teardown, hotplug
+ * scripts): from this line on the guest may be unpaused at the destination (xl_migrate.c).
+ */
+export const TARGET_STARTED = /migration sender: Target reports successful startup/;
+
+function run(
+  argv: readonly string[],
+  timeoutMs: number,
+  onOutput?: (text: string) => void,
+): Promise<RunResult> {
   return new Promise((resolve) => {
     const [cmd, ...rest] = argv;
     if (cmd === undefined) return resolve({ code: 127, signal: null, output: 'empty command' });
@@ -63,6 +74,7 @@ function run(argv: readonly string[], timeoutMs: number): Promise<RunResult> {
     let output = '';
     const keep = (b: Buffer): void => {
       output = (output + b.toString()).slice(-16_384);
+      onOutput?.(output);
     };
     child.stdout.on('data', keep);
     child.stderr.on('data', keep);
@@ -147,12 +159,20 @@ export async function migrateCommand(ctx: CliContext, args: MigrateArgs): Promis
     }
 
     // 2. xl migrate -p: xl suspends the guest (the agent sees it and runs post-suspend meanwhile).
+    // The guest may run again once BOTH the devices are synced and xl's target holds the domain:
+    // xl says so before it destroys the source, so the unpause need not wait for xl's exit.
     const argv = [...expand(args.migrateCommand, args.host), dom.name, args.host];
     say(`devices ready; running: ${argv.join(' ')}`);
-    const xl = await run(argv, args.timeoutMs);
-    if (xl.code !== 0) return afterXlFailure(xs, ctx, args, dom, xl, finish, onChange);
+    let targetStarted: () => void = () => undefined;
+    const started = new Promise<'started'>((resolve) => (targetStarted = () => resolve('started')));
+    const xlDone = run(argv, args.timeoutMs, (out) => {
+      if (TARGET_STARTED.test(out)) targetStarted();
+    });
+    const first = await Promise.race([started, xlDone]);
+    if (first !== 'started' && first.code !== 0)
+      return afterXlFailure(xs, ctx, args, dom, first, finish, onChange);
 
-    // 3. wait for sync, then unpause at the destination.
+    // 3. wait for sync (usually over by now: it ran beside xl's last memory round), then unpause.
     const end = await waitForJob(
       xs,
       dom.domid,
@@ -164,6 +184,7 @@ export async function migrateCommand(ctx: CliContext, args: MigrateArgs): Promis
       throw err;
     });
     if (end?.state !== 'done') {
+      await xlDone;
       return finish(
         ExitCode.UNCERTAIN,
         end,
@@ -177,6 +198,19 @@ export async function migrateCommand(ctx: CliContext, args: MigrateArgs): Promis
     const unpause = [...expand(args.unpauseCommand, args.host), dom.name];
     say(`devices synced; unpausing at the destination: ${unpause.join(' ')}`);
     const up = await run(unpause, 60_000);
+    // xl only destroys the source after its target's startup; its exit is awaited all the same.
+    const xl = await xlDone;
+    if (xl.code !== 0) {
+      return finish(
+        ExitCode.UNCERTAIN,
+        end,
+        `UNCERTAIN: ${dom.name} started on ${args.host} but xl migrate then exited ${xl.code ?? xl.signal}`,
+        [
+          `on this host: \`xl list\` should not show ${dom.name}--migratedaway; destroy it if it does`,
+          ...lastLines(xl.output).map((l) => `xl said: ${l}`),
+        ],
+      );
+    }
     if (up.code !== 0) {
       return finish(
         ExitCode.UNCERTAIN,
