@@ -1,16 +1,17 @@
 // koffi declarations of the libxenctrl calls DomainControl needs: types, symbols and the load-time
 // check of which symbols this Xen has. No policy here; src/domains/ decides what to call and when.
-// Layouts follow Debian's Xen 4.17 headers (xenctrl.h, xen/domctl.h, x86_64), checked with gcc.
+// The layout is the same in Xen 4.17-4.22 (xen-releases.ts records it per release, checked with
+// gcc); which library file to load is library-selection.ts's answer for the running hypervisor.
 import koffi from 'koffi';
 import type { LibraryHandle, TypeObject } from 'koffi';
+import { LIBXENCTRL_ENV, selectHostXenLibrary } from './library-selection.js';
+import { SUPPORTED_XEN_VERSIONS, type XenRelease } from './xen-releases.js';
+
+export { LIBXENCTRL_ENV };
 
 /** koffi's TypeSpec and KoffiFunction are not exported; these name the same things. */
 export type TypeSpec = string | TypeObject | ReturnType<typeof koffi.out>;
 export type NativeFunction = ReturnType<LibraryHandle['func']>;
-
-/** The soname loaded when neither an option nor DEVMIGRATE_LIBXENCTRL names a library. */
-export const DEFAULT_LIBXENCTRL = 'libxenctrl.so.4.17';
-export const LIBXENCTRL_ENV = 'DEVMIGRATE_LIBXENCTRL';
 
 /** XEN_DOMINF_* bits of xen_domctl_getdomaininfo.flags (xen/domctl.h, unchanged 4.x). */
 export const XEN_DOMINF = {
@@ -60,7 +61,20 @@ export class NativeSymbolError extends Error {
     readonly path: string,
     readonly symbol: string,
   ) {
-    super(`${library} (${path}) has no symbol ${symbol}: unsupported Xen version (4.17 layout verified)`);
+    super(
+      `${library} (${path}) has no symbol ${symbol}: not a supported Xen library (supported: Xen ${SUPPORTED_XEN_VERSIONS.join(', ')})`,
+    );
+  }
+}
+
+/** Our xc_domaininfo_t declaration differs from the layout recorded for the running release. */
+export class NativeLayoutError extends Error {
+  override readonly name = 'NativeLayoutError';
+  constructor(
+    readonly version: string,
+    readonly problems: readonly string[],
+  ) {
+    super(`xc_domaininfo_t does not match the layout recorded for Xen ${version}: ${problems.join('; ')}`);
   }
 }
 
@@ -105,7 +119,7 @@ const ArchDomainConfig = koffi.struct('xen_arch_domainconfig_x86', {
   misc_flags: 'uint32_t',
 });
 
-/** xc_domaininfo_t == struct xen_domctl_getdomaininfo, XEN_DOMCTL_INTERFACE_VERSION 0x15 (4.17). */
+/** xc_domaininfo_t == struct xen_domctl_getdomaininfo: one layout in 4.17-4.22 (xen-releases.ts). */
 export const XcDomainInfo = koffi.struct('xc_domaininfo_t', {
   domain: 'uint16_t',
   pad1: 'uint16_t',
@@ -127,7 +141,7 @@ export const XcDomainInfo = koffi.struct('xc_domaininfo_t', {
   arch_config: ArchDomainConfig,
 });
 
-/** sizeof(xc_domaininfo_t) measured with gcc against the 4.17 headers. */
+/** sizeof(xc_domaininfo_t) measured with gcc against the 4.17-4.22 headers. */
 export const XC_DOMAININFO_SIZE = 112;
 if (koffi.sizeof(XcDomainInfo) !== XC_DOMAININFO_SIZE) {
   throw new Error(
@@ -175,23 +189,58 @@ export interface LibxenctrlBinding {
   hvmParamGet?: (xch: XcHandle, domid: number, param: number) => Promise<NativeResult & { value: bigint }>;
 }
 
+/** The differences between XcDomainInfo (as koffi lays it out) and a release's recorded layout. */
+export function domainInfoLayoutProblems(release: Pick<XenRelease, 'domainInfo'>): string[] {
+  const problems: string[] = [];
+  const size = koffi.sizeof(XcDomainInfo);
+  if (size !== release.domainInfo.size) problems.push(`size ${size}, recorded ${release.domainInfo.size}`);
+  for (const [field, recorded] of Object.entries(release.domainInfo.offsets)) {
+    const ours = koffi.offsetof(XcDomainInfo, field);
+    if (ours !== recorded) problems.push(`${field} at ${ours}, recorded ${recorded}`);
+  }
+  return problems;
+}
+
+/** Throws NativeLayoutError when our declaration does not match the release's recorded layout. */
+export function checkDomainInfoLayout(release: XenRelease): void {
+  const problems = domainInfoLayoutProblems(release);
+  if (problems.length > 0) throw new NativeLayoutError(release.version, problems);
+}
+
 export interface LoadOptions {
-  /** Path or soname; default: $DEVMIGRATE_LIBXENCTRL, else DEFAULT_LIBXENCTRL. */
+  /** Path or soname; default: $DEVMIGRATE_LIBXENCTRL, else the running hypervisor's release's. */
   path?: string;
+  /** The running release (checked against our layout); default: what the selection read. */
+  release?: XenRelease | undefined;
+  /** Where a hypervisor-derived path was looked for (named in the error when it does not load). */
+  searched?: readonly string[];
 }
 
+/** The library this process would load: option, else $DEVMIGRATE_LIBXENCTRL, else the running Xen's. */
 export function resolveLibxenctrlPath(opts: LoadOptions = {}): string {
-  return opts.path ?? process.env[LIBXENCTRL_ENV] ?? DEFAULT_LIBXENCTRL;
+  return opts.path ?? selectHostXenLibrary('libxenctrl').pick.path;
 }
 
-/** Opens the library and declares the calls; throws NativeLibraryError / NativeSymbolError. */
+/**
+ * Opens the library and declares the calls. Throws UnsupportedXenError / XenVersionUnknownError
+ * (selection), NativeLayoutError, NativeLibraryError, NativeSymbolError.
+ */
 export function loadLibxenctrl(opts: LoadOptions = {}): LibxenctrlBinding {
-  const path = resolveLibxenctrlPath(opts);
+  let { path, release, searched } = opts;
+  if (path === undefined) {
+    const choice = selectHostXenLibrary('libxenctrl');
+    path = choice.pick.path;
+    release = choice.release;
+    searched = choice.pick.searched;
+  }
+  if (release !== undefined) checkDomainInfoLayout(release);
   let lib: LibraryHandle;
   try {
     lib = koffi.load(path);
   } catch (err) {
-    throw new NativeLibraryError('libxenctrl', path, err instanceof Error ? err.message : String(err));
+    const why = err instanceof Error ? err.message : String(err);
+    const where = searched && searched.length > 0 ? ` (looked for ${searched.join(', ')})` : '';
+    throw new NativeLibraryError('libxenctrl', path, `${why}${where}`);
   }
   const required = (name: string, result: TypeSpec, args: TypeSpec[]): NativeFunction => {
     try {
@@ -226,7 +275,7 @@ export function loadLibxenctrl(opts: LoadOptions = {}): LibxenctrlBinding {
     'uint32_t',
     koffi.out(koffi.pointer('uint64_t')),
   ]);
-  // Only probed: 4.18 removed it; we use xc_domain_getinfolist, present in every 4.x.
+  // Only probed: 4.18 removed it; we use xc_domain_getinfolist, present in 4.17-4.22.
   const getinfo = optional('xc_domain_getinfo', 'int', ['void *', 'uint32_t', 'unsigned int', 'void *']);
 
   return {

@@ -1,12 +1,12 @@
-// koffi declaration of xc_domain_resume, which lives in libxenguest (not libxenctrl) in 4.17.
-// It takes the xc_interface* opened through libxenctrl.ts; types and symbols only.
+// koffi declaration of xc_domain_resume, which lives in libxenguest (not libxenctrl), unchanged
+// in 4.17-4.22. It takes the xc_interface* opened through libxenctrl.ts; types and symbols only.
 import koffi from 'koffi';
 import type { LibraryHandle } from 'koffi';
 import { NativeLibraryError, NativeSymbolError, XcInterfacePtr, callAsync } from './libxenctrl.js';
 import type { NativeFunction, NativeResult, XcHandle } from './libxenctrl.js';
+import { LIBXENGUEST_ENV, selectHostXenLibrary } from './library-selection.js';
 
-export const DEFAULT_LIBXENGUEST = 'libxenguest.so.4.17';
-export const LIBXENGUEST_ENV = 'DEVMIGRATE_LIBXENGUEST';
+export { LIBXENGUEST_ENV };
 
 export interface LibxenguestBinding {
   readonly path: string;
@@ -17,17 +17,31 @@ export interface LibxenguestBinding {
   resume(xch: XcHandle, domid: number, fast: boolean): Promise<NativeResult>;
 }
 
-export function resolveLibxenguestPath(opts: { path?: string } = {}): string {
-  return opts.path ?? process.env[LIBXENGUEST_ENV] ?? DEFAULT_LIBXENGUEST;
+export interface LibxenguestLoadOptions {
+  /** Path or soname; default: $DEVMIGRATE_LIBXENGUEST, else the running hypervisor's release's. */
+  path?: string;
+  /** Where a hypervisor-derived path was looked for (named in the error when it does not load). */
+  searched?: readonly string[];
 }
 
-export function loadLibxenguest(opts: { path?: string } = {}): LibxenguestBinding {
-  const path = resolveLibxenguestPath(opts);
+export function resolveLibxenguestPath(opts: LibxenguestLoadOptions = {}): string {
+  return opts.path ?? selectHostXenLibrary('libxenguest').pick.path;
+}
+
+export function loadLibxenguest(opts: LibxenguestLoadOptions = {}): LibxenguestBinding {
+  let { path, searched } = opts;
+  if (path === undefined) {
+    const { pick } = selectHostXenLibrary('libxenguest');
+    path = pick.path;
+    searched = pick.searched;
+  }
   let lib: LibraryHandle;
   try {
     lib = koffi.load(path);
   } catch (err) {
-    throw new NativeLibraryError('libxenguest', path, err instanceof Error ? err.message : String(err));
+    const why = err instanceof Error ? err.message : String(err);
+    const where = searched && searched.length > 0 ? ` (looked for ${searched.join(', ')})` : '';
+    throw new NativeLibraryError('libxenguest', path, `${why}${where}`);
   }
   let resume: NativeFunction;
   try {

@@ -4,6 +4,7 @@
 import type { DevMigrateConfig } from '../config/schema.js';
 import type { Logger as EngineLogger } from '../devices/types.js';
 import { createDomainControl } from '../domains/domain-control.js';
+import { describeChoice } from '../../native-bindings/library-selection.js';
 import { MigrationEngine } from '../migration/engine.js';
 import type { XenStore } from '../xenstore/types.js';
 import type { DrainResult, JobEngine } from './engine-port.js';
@@ -31,6 +32,13 @@ export async function createEngine(
     // Domain-control lines carry the domain as a field (domid) besides naming it in the text.
     log: (level, msg, meta) => logger.log(level, msg, { component: 'domains', ...meta }),
   });
+  // Which Xen and which library files: the first thing to know when a hypercall misbehaves.
+  if (domains.libraries !== undefined) {
+    logger.info(`xen libraries: ${describeChoice(domains.libraries)}`, {
+      component: 'domains',
+      xen: domains.libraries.release?.version ?? 'unknown',
+    });
+  }
   const engine = new MigrationEngine({ xs, domains, config, log: engineLogger(logger) });
   return {
     start: () => engine.start(),

@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { loadConfig } from '../config/load.js';
 import { ConfigError, type DevMigrateConfig } from '../config/schema.js';
 import { ExitCode, type ExitCodeValue } from '../cli/exit-codes.js';
+import { UnsupportedXenError } from '../../native-bindings/library-selection.js';
 import type { XenStore } from '../xenstore/types.js';
 import { AgentDaemon, errText } from './daemon.js';
 import { createEngine } from './engine-adapter.js';
@@ -86,8 +87,17 @@ export async function runAgent(opts: RunAgentOptions = {}): Promise<ExitCodeValu
         });
         return ExitCode.CONFIG;
       }
-      logger.error('agent failed to start', { error: errText(err) });
-      exitCode = ExitCode.FAILURE;
+      if (err instanceof UnsupportedXenError) {
+        // Restarting cannot help either: exit as for a bad config (the unit does not restart on 78).
+        logger.error(`not starting: ${err.message}`, {
+          found: err.found,
+          supported: err.supported.join(' '),
+        });
+        exitCode = ExitCode.CONFIG;
+      } else {
+        logger.error('agent failed to start', { error: errText(err) });
+        exitCode = ExitCode.FAILURE;
+      }
     }
     if (exitCode === ExitCode.OK) {
       const sig = await stopped;

@@ -2,6 +2,7 @@
 // suspend handshake and resume, step by step, with every wait bounded and every failure typed.
 // The suspend event-channel path of libxl is deliberately absent (see docs/domains.md).
 import { SHUTDOWN_CODE } from '../../native-bindings/libxenctrl.js';
+import type { XenLibraryChoice } from '../../native-bindings/library-selection.js';
 import type { WatchEvent, XenStore, Watch } from '../xenstore/types.js';
 import { DomainError, SuspendCancelledError, type CancelledEnd } from './errors.js';
 import { openXcHypervisor } from './hypervisor.js';
@@ -107,6 +108,11 @@ export class XenDomainControl implements DomainControl {
   private snapshot: Map<number, DomainInfo> | undefined;
   private stopEvents: (() => void) | undefined;
   private closed = false;
+
+  /** Which Xen and which library files were loaded (undefined for an injected hypervisor). */
+  get libraries(): XenLibraryChoice | undefined {
+    return this.hv.libraries;
+  }
 
   constructor(
     private readonly hv: Hypervisor,

@@ -1,5 +1,6 @@
 // The hypervisor seen by domain-control.ts: the few libxenctrl/libxenguest calls it makes, with
-// errno turned into DomainError. One implementation over the koffi bindings; tests may add fakes.
+// errno turned into DomainError. One implementation over the koffi bindings, loading the libraries
+// of the running Xen's release (native-bindings/library-selection.ts); tests may add fakes.
 import {
   HVM_PARAM,
   XC_DOMAININFO_SIZE,
@@ -11,6 +12,8 @@ import {
 import type { LibxenctrlBinding, NativeResult, XcHandle } from '../../native-bindings/libxenctrl.js';
 import { loadLibxenguest } from '../../native-bindings/libxenguest.js';
 import type { LibxenguestBinding } from '../../native-bindings/libxenguest.js';
+import { selectHostXenLibraries } from '../../native-bindings/library-selection.js';
+import type { XenLibraryChoice } from '../../native-bindings/library-selection.js';
 import { DomainError } from './errors.js';
 import { shutdownReasonName } from './suspend.js';
 import type { DomainInfo } from './types.js';
@@ -29,14 +32,18 @@ export interface Hypervisor {
   hvmSuspendParams(domid: number): Promise<{ callbackIrq: bigint; acpiSState: bigint } | undefined>;
   /** xc_domain_destroy, when the library has it (tests). */
   destroy?(domid: number): Promise<void>;
+  /** Which Xen and which library files (the libxenctrl implementation sets it). */
+  readonly libraries?: XenLibraryChoice;
   close(): Promise<void>;
 }
 
 export interface XcHypervisorOptions {
-  /** libxenctrl path or soname (else $DEVMIGRATE_LIBXENCTRL, else libxenctrl.so.4.17). */
+  /** libxenctrl path or soname (else $DEVMIGRATE_LIBXENCTRL, else the running Xen's libxenctrl.so.4.<minor>). */
   libxenctrlPath?: string;
-  /** libxenguest path or soname (else $DEVMIGRATE_LIBXENGUEST, else libxenguest.so.4.17). */
+  /** libxenguest path or soname (else $DEVMIGRATE_LIBXENGUEST, else the running Xen's libxenguest.so.4.<minor>). */
   libxenguestPath?: string;
+  /** Where the running Xen's version is read (default /sys/hypervisor; tests point it elsewhere). */
+  sysHypervisor?: string;
 }
 
 export function toDomainInfo(flags: number, domid: number): DomainInfo {
@@ -53,15 +60,28 @@ export function toDomainInfo(flags: number, domid: number): DomainInfo {
   return info;
 }
 
-/** Loads both libraries and opens one xc_interface; throws NativeLibraryError/NativeSymbolError/DomainError. */
+/**
+ * Chooses the libraries once for both (they must be of one release), loads them and opens one
+ * xc_interface. Throws UnsupportedXenError / XenVersionUnknownError (selection), NativeLayoutError,
+ * NativeLibraryError, NativeSymbolError, DomainError (xc_interface_open).
+ */
 export function openXcHypervisor(opts: XcHypervisorOptions = {}): Hypervisor {
-  const xc = loadLibxenctrl(opts.libxenctrlPath !== undefined ? { path: opts.libxenctrlPath } : {});
-  const xg = loadLibxenguest(opts.libxenguestPath !== undefined ? { path: opts.libxenguestPath } : {});
+  const choice = selectHostXenLibraries({
+    libxenctrl: opts.libxenctrlPath,
+    libxenguest: opts.libxenguestPath,
+    ...(opts.sysHypervisor !== undefined ? { sysHypervisor: opts.sysHypervisor } : {}),
+  });
+  const xc = loadLibxenctrl({
+    path: choice.libxenctrl.path,
+    release: choice.release,
+    searched: choice.libxenctrl.searched,
+  });
+  const xg = loadLibxenguest({ path: choice.libxenguest.path, searched: choice.libxenguest.searched });
   const { handle, errno } = xc.interfaceOpen();
   if (handle === null) {
     throw new DomainError('hypercall', 0, 'xc_interface_open', `cannot open ${xc.path}`, errnoName(errno));
   }
-  return new XcHypervisor(xc, xg, handle);
+  return new XcHypervisor(xc, xg, handle, choice);
 }
 
 const LIST_CHUNK = 256;
@@ -79,6 +99,7 @@ class XcHypervisor implements Hypervisor {
     private readonly xc: LibxenctrlBinding,
     private readonly xg: LibxenguestBinding,
     private readonly xch: XcHandle,
+    readonly libraries: XenLibraryChoice,
   ) {
     if (xc.destroy !== undefined) {
       const destroy = xc.destroy;
