@@ -34,8 +34,9 @@ export async function createEngine(
   });
   // Which Xen and which library files: the first thing to know when a hypercall misbehaves.
   if (domains.libraries !== undefined) {
+    // Its own component: 'domains' lines are about one domain and carry its domid.
     logger.info(`xen libraries: ${describeChoice(domains.libraries)}`, {
-      component: 'domains',
+      component: 'xen',
       xen: domains.libraries.release?.version ?? 'unknown',
     });
   }
