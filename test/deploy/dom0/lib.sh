@@ -21,7 +21,7 @@ export DEVMIGRATE_LIBXENCTRL DEVMIGRATE_LIBXENGUEST
 on() {
   local h=$1
   shift
-  if [ "$h" = "$A" ]; then sh -c "$*"; else ssh $CM "$h" "$LIBENV $*"; fi
+  if [ "$h" = "$A" ]; then sh -c "$*"; else ssh $CM "$h" "${LIBENV:+export $LIBENV; }$*"; fi
 }
 other() { [ "$1" = "$A" ] && echo "$B" || echo "$A"; }
 now() { cut -d' ' -f1 /proc/uptime; }

@@ -73,9 +73,10 @@ cat >/etc/systemd/system/xen-devmigrate.service.d/deploy-e2e.conf <<'CONF'
 [Service]
 ReadWritePaths=/var/lib/deploy-dev
 CONF
-# TEST IMAGE ONLY, until the agent picks libxenctrl.so.4.<minor> of the running hypervisor by
-# itself (issue 9, branch versions): point it at Xen 4.20's libraries with the existing override.
-if [ "${DEPLOY_LIB_OVERRIDE:-1}" = 1 ]; then
+# TEST IMAGE ONLY, off by default since the agent picks libxenctrl.so.4.<minor> of the running
+# hypervisor by itself (issue 9, cherry-picked from branch versions): DEPLOY_LIB_OVERRIDE=1 in
+# env.sh points it at Xen 4.20's libraries with the override variables instead.
+if [ "${DEPLOY_LIB_OVERRIDE:-0}" = 1 ]; then
   cat >/etc/systemd/system/xen-devmigrate.service.d/deploy-e2e-xen420-libs.conf <<'CONF'
 # deployment e2e, TEST IMAGE ONLY: the agent's default libraries are Xen 4.17's; this dom0 runs 4.20.
 [Service]
