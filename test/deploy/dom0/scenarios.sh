@@ -96,9 +96,17 @@ sc_install() {
       "wait_until 60 '[ \"\$(on $h \"xenstore-read /tool/devmigrate/agent/state\")\" = ready ]' && [ \"\$(on $h 'xenstore-read /tool/devmigrate/agent/version')\" = $DEPLOY_VERSION ]"
     check "install:journal-$v" "journalctl -u xen-devmigrate has the agent's start" \
       "on $h 'journalctl -u xen-devmigrate --no-pager -o cat' | grep -qi 'ready\\|watching'"
-    on $h "printf '%s\n' '$CONF_JSON' >/etc/xen/devmigrate.json && devmigrate config check >/dev/null && systemctl reload xen-devmigrate"
-    check "install:config-$v" "e2e config valid and reloaded; still active" \
-      "on $h 'devmigrate config check' && sleep 2 && [ \"\$(on $h 'systemctl is-active xen-devmigrate')\" = active ]"
+  done
+  # The e2e configuration, checked by the installed command and applied by a reload (SIGHUP).
+  for h in $A $B; do
+    on $h "printf '%s\n' '$CONF_JSON' >/etc/xen/devmigrate.json && devmigrate config check && systemctl reload xen-devmigrate" \
+      >/run/deploy-config-${h#host-}.out 2>&1 &
+  done
+  wait
+  for h in $A $B; do
+    check "install:config-${h#host-}" "e2e config valid (devmigrate config check) and reloaded; still active" \
+      "on $h 'journalctl -u xen-devmigrate --no-pager -o cat' | grep -q 'configuration reloaded' && [ \"\$(on $h 'systemctl is-active xen-devmigrate')\" = active ]" ||
+      cat /run/deploy-config-${h#host-}.out
   done
   on $A "systemctl status xen-devmigrate --no-pager | head -n 12"
 }

@@ -57,8 +57,9 @@ ip link set xenbr0 up
 ip addr add "$IP/24" dev xenbr0 || die "cannot address xenbr0"
 
 # Xen: guest console logs (xenconsoled --log=guest), read for the guest's ticks and writes.
-sed -i 's/^#\?XENCONSOLED_TRACE=.*/XENCONSOLED_TRACE=guest/' /etc/default/xen
-grep -q '^XENCONSOLED_TRACE=guest' /etc/default/xen || echo 'XENCONSOLED_TRACE=guest' >>/etc/default/xen
+# (Debian's init script passes XENCONSOLED_ARGS to the daemon.)
+echo 'XENCONSOLED_ARGS="--log=guest --log-dir=/var/log/xen/console"' >>/etc/default/xen
+mkdir -p /var/log/xen/console
 
 # The guest's kernel and initramfs, local on both hosts.
 mkdir -p /var/lib/deploy /var/lib/deploy-dev /usr/local/lib/deploy-e2e
