@@ -88,27 +88,36 @@ console_new() { on "$1" "sh /mnt/host/test/deploy/dom0/consoles.sh new"; }
 # last_seq <host>: the guest's last acknowledged disk write in all of its console logs there.
 last_seq() { on "$1" "cat /var/log/xen/console/guest-$GUEST*.log 2>/dev/null" | grep -o 'disk-wrote seq=[0-9]*' | awk -F= '{ if ($2 > m) m = $2 } END { print m + 0 }'; }
 # last_t <host>: the guest's clock in its last line there (seconds).
-last_t() { on "$1" "cat /var/log/xen/console/guest-$GUEST*.log 2>/dev/null" | awk '$1 == "t" { t = $2 } END { print t + 0 }'; }
+last_t() { on "$1" "cat /var/log/xen/console/guest-$GUEST*.log 2>/dev/null" | tr -d '\r' | awk '$1 == "t" { t = $2 } END { print t + 0 }'; }
 ticks_on() { awk -v a="$2" -v b="$(last_t "$1")" 'BEGIN { exit !(b > a) }'; }
 
 # largest_gap_ms <file...>: the largest step between consecutive guest clock values ("t <s>")
 # of the given console excerpts, i.e. the downtime as the guest saw it, and where it was.
 largest_gap_ms() {
-  cat "$@" | awk '$1 == "t" && $2 ~ /^[0-9.]+$/ { print $2 }' | sort -n -u |
+  cat "$@" | tr -d '\r' | awk '$1 == "t" && $2 ~ /^[0-9.]+$/ { print $2 }' | sort -n -u |
     awk 'NR > 1 { d = $1 - p; if (d > m) { m = d; at = p } } { p = $1 } END { printf "%d %s\n", m * 1000 + 0.5, at }'
 }
 
-# clock_offset_ms <host>: that host's wall clock minus ours, from the fastest of 7 round trips.
+# clock_offset_ms <host>: that host's wall clock minus ours (ms) and the round trip it was read
+# with, the fastest of 15 over ONE ssh session (a fresh ssh per sample costs a second emulated).
 clock_offset_ms() {
-  local i t0 tb t1 best="" off
-  on "$1" true
-  for i in 1 2 3 4 5 6 7; do
+  local f=/run/deploy-clock.$$ i t0 tb t1
+  rm -f $f.in $f.out
+  mkfifo $f.in $f.out
+  ssh $CM "$1" 'while read -r x; do date +%s.%N; done' <$f.in >$f.out &
+  exec 3>$f.in 4<$f.out
+  for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
     t0=$(wall)
-    tb=$(on "$1" "date +%s.%N")
+    echo x >&3
+    read -r tb <&4
     t1=$(wall)
     echo "$t0 $tb $t1"
-  done | awk '{ rtt = $3 - $1; if (best == "" || rtt < best) { best = rtt; off = $2 - ($1 + $3) / 2 } }
-              END { printf "%d %d\n", off * 1000, best * 1000 }'
+  done >$f.samples
+  exec 3>&- 4<&-
+  wait
+  rm -f $f.in $f.out
+  awk '{ rtt = $3 - $1; if (best == "" || rtt < best) { best = rtt; off = $2 - ($1 + $3) / 2 } }
+       END { printf "%d %d\n", off * 1000, best * 1000 }' $f.samples
 }
 
 # Journal of the agent on a host, one line per job state change: "<unix time> <from> <to>".
