@@ -293,16 +293,23 @@ sc_d() {
 
 # --- e: dpkg -i of a newer build while idle ----------------------------------------------------------
 sc_e() {
-  local h v pid0 pid1 sum0 sum1 out
+  local h v pid0 pid1 sum0 sum1
   for h in $A $B; do
     v=${h#host-}
-    pid0=$(on $h "systemctl show -P MainPID xen-devmigrate")
-    sum0=$(on $h "md5sum </etc/xen/devmigrate.json")
-    out=$(on $h "dpkg -i --force-confold $DEPLOY_DEB_NEWER 2>&1")
+    on $h "systemctl show -P MainPID xen-devmigrate; md5sum </etc/xen/devmigrate.json" >/run/deploy-e-before-$v
+  done
+  # Both hosts at once: each dpkg waits for its agent's stop (drain) and the new one's readiness.
+  on $B "dpkg -i --force-confold $DEPLOY_DEB_NEWER" >/run/deploy-e-b.out 2>&1 &
+  on $A "dpkg -i --force-confold $DEPLOY_DEB_NEWER" >/run/deploy-e-a.out 2>&1
+  wait
+  for h in $A $B; do
+    v=${h#host-}
+    pid0=$(sed -n 1p /run/deploy-e-before-$v)
+    sum0=$(sed -n 2p /run/deploy-e-before-$v)
     pid1=$(on $h "systemctl show -P MainPID xen-devmigrate")
     sum1=$(on $h "md5sum </etc/xen/devmigrate.json")
     check "e:upgraded-$v" "dpkg -i $(basename $DEPLOY_DEB_NEWER) on $h: $(pkg_version $h)" \
-      "[ \"\$(pkg_version $h)\" = $DEPLOY_VERSION_NEWER ]" || echo "$out" | tail -n 15
+      "[ \"\$(pkg_version $h)\" = $DEPLOY_VERSION_NEWER ]" || tail -n 15 /run/deploy-e-$v.out
     check "e:restarted-$v" "service restarted (pid $pid0 -> $pid1), active, announcing $DEPLOY_VERSION_NEWER" \
       "[ '$pid0' != '$pid1' ] && [ \"\$(on $h 'systemctl is-active xen-devmigrate')\" = active ] && wait_until 60 '[ \"\$(on $h \"xenstore-read /tool/devmigrate/agent/version\")\" = $DEPLOY_VERSION_NEWER ]'"
     check "e:config-kept-$v" "the administrator's /etc/xen/devmigrate.json kept" "[ '$sum0' = '$sum1' ]"
@@ -315,13 +322,21 @@ sc_e() {
 # --- remove: dpkg -r, then purge -------------------------------------------------------------------
 sc_remove() {
   local h v
+  on $B "dpkg -r xen-devmigrate" >/run/deploy-remove-b.out 2>&1 &
+  on $A "dpkg -r xen-devmigrate" >/run/deploy-remove-a.out 2>&1
+  wait
   for h in $A $B; do
     v=${h#host-}
-    on $h "dpkg -r xen-devmigrate" >/run/deploy-remove.out 2>&1
     check "remove:removed-$v" "dpkg -r on $h: unit stopped, program gone, conffile kept" \
-      "[ \"\$(on $h 'systemctl is-active xen-devmigrate')\" != active ] && on $h '! test -e /usr/lib/xen-devmigrate && ! test -e /usr/sbin/devmigrate && test -e /etc/xen/devmigrate.json'"
+      "[ \"\$(on $h 'systemctl is-active xen-devmigrate')\" != active ] && on $h '! test -e /usr/lib/xen-devmigrate && ! test -e /usr/sbin/devmigrate && test -e /etc/xen/devmigrate.json'" ||
+      tail -n 10 /run/deploy-remove-$v.out
     check "remove:stopped-$v" "the agent said stopped on its way out" "[ \"\$(on $h 'xenstore-read /tool/devmigrate/agent/state')\" = stopped ]"
-    on $h "dpkg -P xen-devmigrate" >>/run/deploy-remove.out 2>&1
+  done
+  on $B "dpkg -P xen-devmigrate" >>/run/deploy-remove-b.out 2>&1 &
+  on $A "dpkg -P xen-devmigrate" >>/run/deploy-remove-a.out 2>&1
+  wait
+  for h in $A $B; do
+    v=${h#host-}
     check "remove:purged-$v" "dpkg -P on $h: conffile, state and presence nodes gone" \
       "[ -z \"\$(pkg_status $h)\" ] && on $h '! test -e /etc/xen/devmigrate.json && ! test -e /var/lib/xen-devmigrate && ! xenstore-exists /tool/devmigrate/agent'"
   done
