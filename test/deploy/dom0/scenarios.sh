@@ -2,10 +2,10 @@
 # The deployment e2e's scenarios, run on host a (output: the Xen console, read by the harness):
 #  install  dpkg -i of the project's .deb on both hosts; the service enabled, active, logging
 #  a        devmigrate migrate of a PVH guest writing its local disk, with a vif whose tool moves a
-#           state file, from a to b; beside plain xl migrate of the same guest (downtimes)
-#  b        the destination's tool refuses: the guest keeps running at the source, recovered
-#  c        systemctl stop on the source mid-job: drained, the guest on exactly one host
-#  d        SIGKILL of the source's agent mid-sync: systemd restarts it, the job resolves
+#           state file, from a to b; then plain xl migrate of the same guest back (downtimes)
+#  b        (source a) b's tool refuses: the guest keeps running on a, recovered
+#  c        (source a) systemctl stop on a mid-job: drained, the guest on exactly one host
+#  d        (source a) SIGKILL of a's agent mid-sync: systemd restarts it, the job resolves
 #  e        dpkg -i of a newer build while idle: restarted, nothing lost
 #  remove   dpkg -r, then dpkg -P on both hosts: stopped, files and state gone
 # Each check prints "DEPLOY-RESULT <scenario>:<check> PASS|FAIL <detail>" (docs/deploy-e2e.md).
