@@ -217,6 +217,7 @@ sc_a() {
 # --- b: the destination's tool refuses (pre-suspend), source a, destination b ---------------------
 sc_b() {
   local src=$A dst=$B rc old
+  [ -n "$(where)" ] || create_guest
   running_on $src || { check "b:guest-on-$src" "the guest must run on $src first" false; return; }
   old=$(domid_on $src)
   on $dst "touch $DEV/refuse-step-1 && rm -f $DISK.b-probe"
@@ -240,6 +241,7 @@ sc_b() {
 # --- c: systemctl stop on the source mid-job ----------------------------------------------------------
 sc_c() {
   local src=$A dst=$B old t0 stop_s rc
+  [ -n "$(where)" ] || create_guest
   running_on $src || { check "c:guest-on-$src" "the guest must run on $src first" false; return; }
   old=$(domid_on $src)
   on $src "touch $DEV/slow-step-1-40"
@@ -267,6 +269,7 @@ sc_c() {
 # --- d: SIGKILL of the source's agent mid-sync -----------------------------------------------------
 sc_d() {
   local src=$A dst=$B old pid0 pid1 n0 n1
+  [ -n "$(where)" ] || create_guest
   running_on $src || { check "d:guest-on-$src" "the guest must run on $src first" false; return; }
   old=$(domid_on $src)
   on $src "touch $DEV/slow-step-3-40"
