@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs xen-devmigrate on a Debian 12 dom0 from a built checkout (npm ci && npm run build):
-# the program under /usr/lib/xen-devmigrate, /usr/sbin/devmigrate, the systemd unit and a default
-# config (kept if present). Idempotent: re-run it to upgrade. See docs/operations.md.
+# Installs xen-devmigrate from a built checkout (npm ci && npm run build) on a systemd dom0 that
+# is NOT Debian-based (Fedora, XCP-ng, ...): the program under /usr/lib/xen-devmigrate,
+# /usr/sbin/devmigrate, the unit and a default config (kept if present). Debian and Ubuntu hosts
+# install the package instead (npm run package; dpkg -i). Re-run it to upgrade. docs/operations.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,10 @@ command -v node >/dev/null || die "node (>= 20) is not installed"
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$node_major" -ge 20 ] || die "node $node_major is too old: 20 or later is needed"
 if [ -z "$DESTDIR" ] && [ "$(id -u)" -ne 0 ]; then die "run as root (or set DESTDIR for a staged install)"; fi
+# Files dpkg owns must not be overwritten behind its back.
+if [ -z "$DESTDIR" ] && [ -f /var/lib/dpkg/info/xen-devmigrate.list ]; then
+  die "the Debian package xen-devmigrate is installed: upgrade it with dpkg -i (npm run package) instead"
+fi
 
 # The program: compiled product code and production dependencies only (no tests, no xen-mocks).
 # Dependencies come from this checkout's node_modules, pruned offline: no registry needed on a dom0.
@@ -54,18 +59,7 @@ install -m 0644 systemd/xen-devmigrate.service "$UNITDIR/xen-devmigrate.service"
 if [ -f "$CONFIG" ]; then
   echo "install: keeping $CONFIG"
 else
-  install -m 0640 /dev/stdin "$CONFIG" <<'JSON'
-{
-  "$comment": "xen-devmigrate agent configuration; every key is optional (docs/operations.md). Check with: devmigrate config check",
-  "logLevel": "info",
-  "unknownDevices": "refuse",
-  "disks": {
-    "sharedPathPrefixes": [],
-    "sharedFsTypes": ["nfs", "nfs4", "cifs", "smb2", "ceph", "gfs2", "ocfs2", "glusterfs", "lustre"]
-  },
-  "limits": { "maxJobs": 10 }
-}
-JSON
+  install -m 0640 packaging/devmigrate.json "$CONFIG"
   echo "install: wrote default $CONFIG"
 fi
 

@@ -83,6 +83,7 @@ PKGS=(
   qemu-system-x86 cpio busybox-static    # e2e: real Xen hosts in QEMU
   binutils xz-utils                      # e2e: readelf (library walk), Debian 13's .ko.xz modules
   qemu-system-common qemu-utils          # disk mirror tests, bench:disk: qemu-storage-daemon, qemu-nbd, qemu-img, qemu-io
+  debootstrap lintian                    # the Debian package (lintian) and the two-host deploy e2e
   python3 ca-certificates                # scripts/fetch-registry-tarball.py (Node on Debian 12)
 )
 missing=()

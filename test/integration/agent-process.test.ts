@@ -50,6 +50,7 @@ function host(): HostDescription {
       g(2, 'vaulty', [{ type: 'vtpm', uuid: '3d5b7e11-9a2c-4f80-b6d4-1e2f3a4b5c03' }]),
       g(3, 'gamma'),
       g(4, 'delta'),
+      g(5, 'epsilon'),
     ],
   };
 }
@@ -256,6 +257,53 @@ describe('devmigrate as a process on a simulated host', () => {
     expect((await readFile(join(dir, 'unpaused'), 'utf8')).trim()).toBe('host-b alpha');
     const d = await sim.harness.getDomain(1);
     expect(d?.shutdown && d.shutdownReason === 2).toBe(true); // suspended at the source, as xl leaves it
+  }, 60_000);
+
+  it('migrate: unpauses once the devices are synced and xl reported its target started, before xl destroyed the source', async () => {
+    // xl prints "Target reports successful startup" and only then destroys the source, which on a
+    // real host takes seconds (device teardown); the guest must not stay paused for that.
+    const xl = join(dir, 'fake-xl-slow-destroy.sh');
+    const times = join(dir, 'overlap-times');
+    await writeFile(
+      xl,
+      [
+        '#!/bin/sh',
+        'for d in $(xenstore-list /local/domain); do [ "$(xenstore-read /local/domain/$d/name 2>/dev/null)" = "$1" ] && id=$d; done',
+        'xenstore-write /local/domain/$id/control/shutdown suspend',
+        'sleep 1',
+        'xenstore-write /local/domain/$id/name "$1--migratedaway"',
+        'echo "migration sender: Target reports successful startup." >&2',
+        'sleep 4',
+        `echo "xl-exit $(date +%s%N)" >> ${times}`,
+        'xenstore-rm /local/domain/$id/name',
+        'echo "Migration successful." >&2',
+        '',
+      ].join('\n'),
+    );
+    await chmod(xl, 0o755);
+    const unpause = join(dir, 'unpause-timed.sh');
+    await writeFile(
+      unpause,
+      `#!/bin/sh\necho "unpause $(date +%s%N) job=$(xenstore-read /tool/devmigrate/jobs/5/state)" >> ${times}\n`,
+    );
+    await chmod(unpause, 0o755);
+    const r = await cli(
+      'migrate',
+      'epsilon',
+      'host-b',
+      '--migrate-command',
+      xl,
+      '--unpause-command',
+      unpause,
+      '--timeout',
+      '30',
+    );
+    expect(r.code, r.out + r.err).toBe(ExitCode.OK);
+    expect(r.out).toContain('migrated epsilon to host-b; it is running there');
+    const lines = (await readFile(times, 'utf8')).trim().split('\n');
+    const at = (what: string) => Number(lines.find((l) => l.startsWith(what))?.split(' ')[1]);
+    expect(lines.find((l) => l.startsWith('unpause'))).toContain('job=done');
+    expect(at('unpause')).toBeLessThan(at('xl-exit'));
   }, 60_000);
 
   it('migrate: xl fails -> the job is aborted and the guest keeps running at the source (4)', async () => {

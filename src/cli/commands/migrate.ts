@@ -165,7 +165,7 @@ class Migration {
     if (prepared !== undefined) return prepared;
     const xl = await this.runXl();
     if (xl.kind === 'outcome') return xl.outcome;
-    return this.syncAndUnpause();
+    return this.syncAndUnpause(xl.xlPending);
   }
 
   /** Stage 1: the job, tested and prepared; undefined when xl may run. */
@@ -245,7 +245,9 @@ class Migration {
   }
 
   /** Stage 2: xl migrate; 'synced-next' when xl succeeded. */
-  private async runXl(): Promise<{ kind: 'outcome'; outcome: Outcome } | { kind: 'synced-next' }> {
+  private async runXl(): Promise<
+    { kind: 'outcome'; outcome: Outcome } | { kind: 'synced-next'; xlPending?: Promise<XlResult> }
+  > {
     const argv = this.xlArgv();
     this.say(`devices ready; running: ${shown(argv)}`);
     await writeToolstackMark(this.xs, this.dom.domid, 'migrateStart');
@@ -312,11 +314,30 @@ class Migration {
     if (this.interrupt?.aborted) onInterrupt();
     else this.interrupt?.addEventListener('abort', onInterrupt, { once: true });
 
-    const res = await Promise.race([xl.result, left]);
+    // xl prints "Target reports successful startup" once the destination holds the whole domain
+    // (paused, with -p) and only then destroys the source, which takes seconds more (device
+    // teardown, hotplug scripts; xl_migrate.c). The guest may run again once the devices are
+    // synced AND the target started it: waiting for xl's exit would add that teardown to the
+    // guest's downtime. xl's exit is still awaited, after the unpause.
+    const startedAtTarget = new Promise<'started'>((resolve) => {
+      if (xl.stage === 'started-at-target') resolve('started');
+      xl.onStage((stage) => {
+        if (stage === 'started-at-target') resolve('started');
+      });
+    });
+    const res = await Promise.race([xl.result, left, startedAtTarget]);
     this.interrupt?.removeEventListener('abort', onInterrupt);
     stopWatching.abort();
     await jobWatch;
     if (res === 'left') return { kind: 'outcome', outcome: this.leftEarly() };
+    if (res === 'started') {
+      const rest = xl.result.then(async (r) => {
+        await rm(xl.logFile, { force: true });
+        await writeToolstackMark(this.xs, this.dom.domid, 'migrateEnd', Date.now()).catch(() => undefined);
+        return r;
+      });
+      return { kind: 'synced-next', xlPending: rest };
+    }
     // Its output is in hand (the last lines are shown on failure); xl is done with the file.
     await rm(xl.logFile, { force: true });
     const xlEnded = Date.now();
@@ -419,8 +440,11 @@ class Migration {
     };
   }
 
-  /** Stage 3: wait for the devices, then unpause at the destination. */
-  private async syncAndUnpause(): Promise<Outcome> {
+  /**
+   * Stage 3: wait for the devices, then unpause at the destination. xlPending: xl's exit when
+   * the unpause may come before it (xl reported the target's startup and is removing the source).
+   */
+  private async syncAndUnpause(xlPending?: Promise<XlResult>): Promise<Outcome> {
     // Past xl's point of no return: Ctrl-C only says where the guest is; a second one leaves.
     const leave = new AbortController();
     const onInterrupt = (): void => {
@@ -465,6 +489,20 @@ class Migration {
     ];
     this.say(`devices synced; unpausing at the destination: ${shown(unpause)}`);
     const up = await run(unpause, UNPAUSE_TIMEOUT_MS);
+    if (up.code === 0) await writeToolstackMark(this.xs, this.dom.domid, 'unpaused').catch(() => undefined);
+    const xlEnd = await xlPending;
+    if (xlEnd !== undefined && xlEnd.code !== 0) {
+      return {
+        code: ExitCode.UNCERTAIN,
+        keep: true,
+        msg: `UNCERTAIN: ${this.dom.name} started on ${this.dest.host} but xl migrate then exited ${xlEnd.code ?? xlEnd.signal ?? '?'}`,
+        hints: [
+          `on this host: \`xl list\` should not show ${this.dom.name}--migratedaway; destroy it if it does`,
+          ...(up.code !== 0 ? [`on ${this.dest.host}: ${this.remote('xl', 'unpause', this.dom.name)}`] : []),
+          ...lastLines(xlEnd.output).map((l) => `xl said: ${l}`),
+        ],
+      };
+    }
     if (up.code !== 0) {
       return {
         code: ExitCode.UNCERTAIN,
@@ -476,7 +514,6 @@ class Migration {
         ],
       };
     }
-    await writeToolstackMark(this.xs, this.dom.domid, 'unpaused').catch(() => undefined);
     return { code: ExitCode.OK, msg: `migrated ${this.dom.name} to ${this.dest.spec}; it is running there` };
   }
 

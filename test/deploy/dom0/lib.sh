@@ -1,0 +1,138 @@
+#!/bin/sh
+# Helpers of the deployment e2e's scenario runner (sourced by scenarios.sh on host a): running a
+# command on either host, verdict lines for the harness (DEPLOY-RESULT/METRIC), bounded waits,
+# the guest's whereabouts and its console logs.
+A=host-a
+B=host-b
+GUEST=deploy-guest
+DISK=/var/lib/deploy/disk.img
+DEV=/var/lib/deploy-dev
+STATE=$DEV/$GUEST.state
+JOBS=/tool/devmigrate/jobs
+TOOLS=/usr/local/lib/deploy-e2e
+# ssh to host b over one shared connection (fast enough to time things across hosts).
+CM="-o ControlMaster=auto -o ControlPath=/run/deploy-cm-%h -o ControlPersist=1800"
+LIBENV=""
+[ -f /etc/profile.d/deploy-e2e-xen420-libs.sh ] && LIBENV="DEVMIGRATE_LIBXENCTRL=libxenctrl.so.4.20 DEVMIGRATE_LIBXENGUEST=libxenguest.so.4.20"
+export DEVMIGRATE_LIBXENCTRL DEVMIGRATE_LIBXENGUEST
+[ -n "$LIBENV" ] && eval "export $LIBENV"
+
+# on <host> <shell command>: runs it there (locally on host-a); its status is returned.
+on() {
+  local h=$1
+  shift
+  if [ "$h" = "$A" ]; then sh -c "$*"; else ssh $CM "$h" "${LIBENV:+export $LIBENV; }$*"; fi
+}
+other() { [ "$1" = "$A" ] && echo "$B" || echo "$A"; }
+now() { cut -d' ' -f1 /proc/uptime; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+wall() { date +%s.%N; }
+
+# wait_until <seconds> <shell condition>: polls every 0.5 s; 1 on timeout.
+wait_until() {
+  local limit=$1 t0
+  shift
+  t0=$(now)
+  while ! eval "$*" >/dev/null 2>&1; do
+    awk -v a="$t0" -v b="$(now)" -v l="$limit" 'BEGIN { exit !(b - a > l) }' && return 1
+    sleep 0.5
+  done
+  return 0
+}
+
+PASSED=0
+FAILED=0
+SC_FAILED=0
+# check <name> <detail> <shell condition>: one DEPLOY-RESULT line; 1 when it failed.
+check() {
+  local n=$1 d=$2
+  shift 2
+  if eval "$*" >/dev/null 2>&1; then
+    echo "DEPLOY-RESULT $n PASS $d"
+    PASSED=$((PASSED + 1))
+    return 0
+  fi
+  echo "DEPLOY-RESULT $n FAIL $d (false: $*)"
+  FAILED=$((FAILED + 1))
+  SC_FAILED=1
+  return 1
+}
+metric() { echo "DEPLOY-METRIC $1=$2"; }
+note() { echo "note: $*"; }
+
+# The guest on a host: its domid (empty if not there) and xl's state column (r, b, p, s, ...).
+domid_on() { on "$1" "xl domid $GUEST 2>/dev/null"; }
+state_on() { on "$1" "xl list $GUEST 2>/dev/null | awk 'NR == 2 { print \$5 }'"; }
+# running_on <host>: there and not paused, suspended or shut down.
+running_on() {
+  local s
+  s=$(state_on "$1")
+  [ -n "$s" ] && ! echo "$s" | grep -q '[psc]'
+}
+absent_on() { [ -z "$(domid_on "$1")" ]; }
+# where: "a", "b", "a b" or "" (hosts holding a domain named $GUEST).
+where() {
+  local w=""
+  [ -n "$(domid_on $A)" ] && w="a"
+  [ -n "$(domid_on $B)" ] && w="${w:+$w }b"
+  echo "$w"
+}
+pkg_status() { on "$1" "dpkg-query -W -f='\${Status}' xen-devmigrate 2>/dev/null"; }
+pkg_version() { on "$1" "dpkg-query -W -f='\${Version}' xen-devmigrate 2>/dev/null"; }
+jget() { on "$1" "xenstore-read $JOBS/$2/$3 2>/dev/null"; }
+
+# Console logs (xenconsoled, one per domain name seen): mark their sizes, later read what was
+# appended since (both hosts), so that one migration's lines are told from earlier ones.
+console_mark() { on "$1" "sh /mnt/host/test/deploy/dom0/consoles.sh mark"; }
+console_new() { on "$1" "sh /mnt/host/test/deploy/dom0/consoles.sh new"; }
+# last_seq <host>: the guest's last acknowledged disk write in all of its console logs there.
+last_seq() { on "$1" "cat /var/log/xen/console/guest-$GUEST*.log 2>/dev/null" | grep -o 'disk-wrote seq=[0-9]*' | awk -F= '{ if ($2 > m) m = $2 } END { print m + 0 }'; }
+# last_t <host>: the guest's clock in its last line there (seconds).
+last_t() { on "$1" "cat /var/log/xen/console/guest-$GUEST*.log 2>/dev/null" | tr -d '\r' | awk '$1 == "t" { t = $2 } END { print t + 0 }'; }
+ticks_on() { awk -v a="$2" -v b="$(last_t "$1")" 'BEGIN { exit !(b > a) }'; }
+
+# largest_gap_ms <file...>: the largest step between consecutive guest clock values ("t <s>")
+# of the given console excerpts, i.e. the downtime as the guest saw it, and where it was.
+largest_gap_ms() {
+  cat "$@" | tr -d '\r' | awk '$1 == "t" && $2 ~ /^[0-9.]+$/ { print $2 }' | sort -n -u |
+    awk 'NR > 1 { d = $1 - p; if (d > m) { m = d; at = p } } { p = $1 } END { printf "%d %s\n", m * 1000 + 0.5, at }'
+}
+
+# clock_offset_ms <host>: that host's wall clock minus ours (ms) and the round trip it was read
+# with, the fastest of 15 over ONE ssh session (a fresh ssh per sample costs a second emulated).
+clock_offset_ms() {
+  local f=/run/deploy-clock.$$ i t0 tb t1
+  rm -f $f.in $f.out
+  mkfifo $f.in $f.out
+  ssh $CM "$1" 'while read -r x; do date +%s.%N; done' <$f.in >$f.out &
+  exec 3>$f.in 4<$f.out
+  for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
+    t0=$(wall)
+    echo x >&3
+    read -r tb <&4
+    t1=$(wall)
+    echo "$t0 $tb $t1"
+  done >$f.samples
+  exec 3>&- 4<&-
+  wait
+  rm -f $f.in $f.out
+  awk '{ rtt = $3 - $1; if (best == "" || rtt < best) { best = rtt; off = $2 - ($1 + $3) / 2 } }
+       END { printf "%d %d\n", off * 1000, best * 1000 }' $f.samples
+}
+
+# Journal of the agent on a host, one line per job state change: "<unix time> <from> <to>".
+transitions() {
+  on "$1" "journalctl -u xen-devmigrate -o short-unix --no-pager --since '$2' 2>/dev/null" |
+    sed -n 's/^\([0-9.]*\) .*job [0-9]* ([^)]*): \([a-z-]*\) -> \([a-z-]*\).*/\1 \2 \3/p'
+}
+
+collect_logs() {
+  local h d
+  for h in $A $B; do
+    d=/mnt/run/${h#host-}
+    on "$h" "journalctl -u xen-devmigrate -o short-precise --no-pager >$d/journal-devmigrate.log 2>&1;
+      journalctl -b -o short-precise --no-pager >$d/journal-boot.log 2>&1;
+      cp /var/log/xen/xen-hotplug.log $d/ 2>/dev/null; mkdir -p $d/console;
+      cp /var/log/xen/console/*.log $d/console/ 2>/dev/null; cp $DEV/tool.log $d/ 2>/dev/null; true"
+  done
+}

@@ -1,0 +1,239 @@
+// Entry point of `npm run test:deploy`: two Xen 4.20 hosts (Debian 13 dom0s booted by systemd)
+// in QEMU on one private link, the project's .deb installed on both with dpkg, and the migration
+// scenarios of docs/deploy-e2e.md run by host a (over ssh on host b). The verdict comes from the
+// serial console markers; the last stdout line is the JSON summary (checks, downtimes, blocks).
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { buildRootfs } from './lib/rootfs.js';
+import { bootHost, freeUdpPorts } from './lib/hosts.js';
+import { parseMarkers, judge, excerpts, summary } from './lib/report.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const REPO = path.resolve(HERE, '../..');
+const CACHE = path.join(HERE, 'cache');
+const SCENARIOS = ['install', 'a', 'b', 'c', 'd', 'e', 'remove'];
+
+function usage() {
+  return `usage: node test/deploy/run.js [--scenarios=install,a,b,...] [--timeout=seconds] [--verbose]
+  --scenarios  which scenarios host a runs, in order (default: ${SCENARIOS.join(',')}; also $DEPLOY_SCENARIOS)
+  --timeout    bound on the QEMU run (default 1080 s); the whole test stays under 20 minutes
+  --verbose    echo both serial consoles live (also DEPLOY_VERBOSE=1)`;
+}
+
+function parseArgs(argv) {
+  const opts = {
+    scenarios: (process.env.DEPLOY_SCENARIOS ?? SCENARIOS.join(',')).split(/[ ,]+/).filter(Boolean),
+    timeout: 1080,
+    verbose: process.env.DEPLOY_VERBOSE === '1',
+  };
+  for (const a of argv) {
+    if (a.startsWith('--scenarios=')) opts.scenarios = a.slice(12).split(',').filter(Boolean);
+    else if (a.startsWith('--timeout=')) opts.timeout = Number(a.slice(10));
+    else if (a === '--verbose' || a === '-v') opts.verbose = true;
+    else {
+      console.error(usage());
+      process.exit(a === '--help' || a === '-h' ? 0 : 2);
+    }
+  }
+  for (const s of opts.scenarios) if (!SCENARIOS.includes(s)) throw new Error(`unknown scenario ${s}`);
+  if (!(opts.timeout > 0)) throw new Error('--timeout must be a positive number');
+  return opts;
+}
+
+function need(cmd, pkg) {
+  try {
+    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
+  } catch {
+    throw new Error(`${cmd} not found: install the Debian package ${pkg} (scripts/setup.sh does)`);
+  }
+}
+
+const log = (msg) => console.log(`deploy: ${msg}`);
+const START = Date.now();
+
+/** Runs scripts/package.js; returns the .deb path (its last output line). */
+function buildDeb(outDir, version) {
+  const out = execFileSync(
+    'node',
+    [path.join(REPO, 'scripts/package.js'), '--out', outDir, '--version', version],
+    {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  return out.trim().split('\n').pop();
+}
+
+/** Fresh keys for this run: root's key (both hosts) and one host key per host. */
+function makeKeys(dir) {
+  fs.mkdirSync(dir, { recursive: true });
+  const gen = (file) =>
+    execFileSync('ssh-keygen', [
+      '-q',
+      '-t',
+      'ed25519',
+      '-N',
+      '',
+      '-C',
+      'deploy-e2e',
+      '-f',
+      path.join(dir, file),
+    ]);
+  gen('id_ed25519');
+  gen('host_a');
+  gen('host_b');
+  const pub = (f) =>
+    fs
+      .readFileSync(path.join(dir, `${f}.pub`), 'utf8')
+      .trim()
+      .split(' ')
+      .slice(0, 2)
+      .join(' ');
+  fs.writeFileSync(
+    path.join(dir, 'known_hosts'),
+    `host-a,192.0.2.1 ${pub('host_a')}\nhost-b,192.0.2.2 ${pub('host_b')}\n`,
+  );
+}
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  for (const [cmd, pkg] of [
+    ['qemu-system-x86_64', 'qemu-system-x86'],
+    ['debootstrap', 'debootstrap'],
+    ['mke2fs', 'e2fsprogs'],
+    ['dpkg-deb', 'dpkg'],
+    ['ssh-keygen', 'openssh-client'],
+    ['unshare', 'util-linux'],
+    ['xz', 'xz-utils'],
+    ['cpio', 'cpio'],
+    ['objdump', 'binutils'],
+  ])
+    need(cmd, pkg);
+  if (process.getuid?.() !== 0) throw new Error('run as root (debootstrap and chroot build the dom0 image)');
+  const timings = [];
+  const timed = async (name, fn) => {
+    const t0 = Date.now();
+    const r = await fn();
+    timings.push([name, (Date.now() - t0) / 1000]);
+    return r;
+  };
+
+  const image = await timed('dom0 image (cached by versions)', () => buildRootfs(CACHE, log));
+
+  const resultsRoot = path.join(CACHE, 'results');
+  fs.mkdirSync(resultsRoot, { recursive: true });
+  const old = fs.readdirSync(resultsRoot).sort();
+  for (const d of old.slice(0, Math.max(0, old.length - 4)))
+    fs.rmSync(path.join(resultsRoot, d), { recursive: true, force: true });
+  const runDir = fs.mkdtempSync(path.join(resultsRoot, `${new Date().toISOString().replace(/[:.]/g, '-')}-`));
+  fs.chmodSync(runDir, 0o755);
+  for (const h of ['a', 'b']) fs.mkdirSync(path.join(runDir, h));
+
+  const pkg = JSON.parse(fs.readFileSync(path.join(REPO, 'package.json'), 'utf8'));
+  const debs = await timed('packages (npm run package x2)', () => ({
+    first: buildDeb(runDir, `${pkg.version}+deploy1`),
+    newer: buildDeb(runDir, `${pkg.version}+deploy2`),
+  }));
+  makeKeys(path.join(runDir, 'keys'));
+  const fromDom0 = (p) => path.posix.join('/mnt/host', path.relative(REPO, p));
+  fs.writeFileSync(
+    path.join(runDir, 'env.sh'),
+    [
+      `DEPLOY_IMAGE='${fromDom0(image.dir)}'`,
+      `DEPLOY_DEB='/mnt/run/${path.basename(debs.first)}'`,
+      `DEPLOY_DEB_NEWER='/mnt/run/${path.basename(debs.newer)}'`,
+      `DEPLOY_VERSION='${pkg.version}+deploy1'`,
+      `DEPLOY_VERSION_NEWER='${pkg.version}+deploy2'`,
+      `DEPLOY_SCENARIOS='${opts.scenarios.join(' ')}'`,
+      'export DEPLOY_IMAGE DEPLOY_DEB DEPLOY_DEB_NEWER DEPLOY_VERSION DEPLOY_VERSION_NEWER DEPLOY_SCENARIOS',
+      '',
+    ].join('\n'),
+  );
+
+  const [portA, portB] = await freeUdpPorts(2);
+  log(
+    `booting host-a and host-b (timeout ${opts.timeout} s); logs in ${path.relative(process.cwd(), runDir)}`,
+  );
+  const show = (name) => (t, text) => {
+    if (opts.verbose) console.log(`${name} [${t.toFixed(1).padStart(6)}] ${text}`);
+    else if (/DEPLOY-(READY|RESULT|BEGIN|END|DONE|FAIL|METRIC)/.test(text))
+      console.log(`  ${name} ${t.toFixed(1).padStart(6)}s ${text.slice(text.indexOf('DEPLOY-'))}`);
+  };
+  const common = { image: image.dir, repo: REPO, runDir, timeoutMs: opts.timeout * 1000 };
+  const qemuStart = Date.now();
+  const hostA = bootHost({
+    ...common,
+    name: 'a',
+    mac: '52:54:00:de:00:0a',
+    localPort: portA,
+    remotePort: portB,
+    serialLog: path.join(runDir, 'a/serial.log'),
+    onLine: (t, text) => {
+      show('a')(t, text);
+      // Host a powers both off at the end; give them 60 s before pulling the plug.
+      if (text.includes('DEPLOY-DONE'))
+        setTimeout(() => (hostA.stop('done'), hostB.stop('done')), 60_000).unref();
+    },
+  });
+  const hostB = bootHost({
+    ...common,
+    name: 'b',
+    mac: '52:54:00:de:00:0b',
+    localPort: portB,
+    remotePort: portA,
+    serialLog: path.join(runDir, 'b/serial.log'),
+    onLine: show('b'),
+  });
+  const [a, b] = await Promise.all([hostA, hostB]);
+  timings.push(['QEMU run (both hosts)', (Date.now() - qemuStart) / 1000]);
+
+  const parsed = parseMarkers(a.lines, b.lines);
+  const problems = judge(parsed, a, b, opts.scenarios);
+  console.log('');
+  console.log('host stages:');
+  for (const [name, s] of timings) console.log(`  ${name.padEnd(34)} ${s.toFixed(1)}s`);
+  console.log('');
+  for (const l of summary(parsed)) console.log(l);
+  const total = ((Date.now() - START) / 1000).toFixed(0);
+  if (problems.length === 0) log(`PASS (${total} s in all); logs in ${path.relative(process.cwd(), runDir)}`);
+  else {
+    console.log('\ndeploy: FAILED:');
+    for (const p of problems) console.log(`  - ${p}`);
+    console.log('');
+    console.log(excerpts(parsed, a.lines, b.lines, runDir));
+    log(`serial logs, journals and guest consoles under ${runDir}`);
+  }
+  const m = parsed.metrics;
+  const num = (v) => (v === undefined || v === '' || Number.isNaN(Number(v)) ? null : Number(v));
+  console.log(
+    JSON.stringify({
+      checks_passed: parsed.results.filter((r) => r.verdict === 'PASS').length,
+      checks_failed:
+        parsed.results.filter((r) => r.verdict !== 'PASS').length +
+        (problems.length > 0 && parsed.results.every((r) => r.verdict === 'PASS') ? 1 : 0),
+      downtime_ms: num(m.downtime_ms),
+      xl_downtime_ms: num(m.xl_downtime_ms),
+      disk_blocks_verified: num(m.disk_blocks_verified) ?? 0,
+    }),
+  );
+  return problems.length === 0 ? 0 : 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    console.error(`deploy: ERROR: ${err.stack ?? err}`);
+    console.log(
+      JSON.stringify({
+        checks_passed: 0,
+        checks_failed: 1,
+        downtime_ms: null,
+        xl_downtime_ms: null,
+        disk_blocks_verified: 0,
+      }),
+    );
+    process.exit(1);
+  },
+);
