@@ -82,6 +82,12 @@ export async function runTool(
       cause: err,
     });
   }
+  // The record's write may outlast the operation (an abort, a timeout meanwhile): a tool started
+  // now would run beside the recovery that has begun; it is not started at all.
+  if (opts.signal?.aborted) {
+    tracking?.ended();
+    throw new DeviceOpError(`not run: the operation ended while the tool was being recorded`);
+  }
   return new Promise((resolve, reject) => {
     const tail: string[] = [];
     let timedOut = false;

@@ -183,6 +183,29 @@ describe('external tool', () => {
     expect(r.aborted).toBe(true);
   });
 
+  it('an operation aborted while its tool was being recorded never starts the tool', async () => {
+    const marker = join(dir, 'late-tool-ran');
+    const tool = await script('late.sh', `touch ${marker}`);
+    const ac = new AbortController();
+    let ended = 0;
+    const run = runTool(tool, [], {
+      timeoutMs: 10_000,
+      killGraceMs: 200,
+      log,
+      signal: ac.signal,
+      // The record's write (XenStore) completes only after the abort.
+      track: async () => {
+        ac.abort(new Error('job aborted'));
+        await new Promise((r) => setTimeout(r, 20));
+        return { env: {}, spawned: () => undefined, ended: () => void (ended += 1) };
+      },
+    });
+    await expect(run).rejects.toThrow(/not run: the operation ended/);
+    await new Promise((r) => setTimeout(r, 200));
+    await expect(stat(marker)).rejects.toThrow();
+    expect(ended).toBe(1);
+  });
+
   it('a missing executable is a DeviceOpError, not a crash', async () => {
     await expect(
       runTool(join(dir, 'absent'), [], { timeoutMs: 1000, killGraceMs: 100, log }),
