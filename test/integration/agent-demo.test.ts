@@ -12,6 +12,7 @@ function maskTimings(text: string): string {
   return text
     .replace(/cli-[a-z0-9]+-[0-9a-f]+/g, 'cli-JOB')
     .replace(/[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}/g, 'HH:MM:SS.mmm')
+    .replace(/[0-9]+(\.[0-9]+)? [KMGT]?iB\/s/g, 'N iB/s')
     .replace(/[0-9]+\.[0-9]+ (s|MiB)/g, 'N $1')
     .replace(/pid [0-9]+/g, 'pid N')
     .replace(/ {2,}/g, ' ');

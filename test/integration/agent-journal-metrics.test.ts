@@ -132,7 +132,7 @@ describe('the agent to journald (native fields) and to Prometheus (textfile)', (
     expect(deviceLine, JSON.stringify(entries.map((e) => Object.fromEntries(e)))).toBeDefined();
     expect(deviceLine?.get('DOMID')).toBe('1');
     expect(deviceLine?.get('DOMAIN')).toBe('web01');
-    expect(deviceLine?.get('PHASE')).toMatch(/^(pre-suspend|post-suspend|syncing)$/);
+    expect(deviceLine?.get('PHASE')).toMatch(/^(testing|pre-suspend|post-suspend|syncing)$/);
     const s = summary();
     expect(s?.get('PRIORITY')).toBe('5'); // notice: one line per job, `journalctl -p notice` lists them
     expect(s?.get('MESSAGE')).toMatch(
