@@ -623,7 +623,10 @@ export class MigrationEngine {
     const domidMaybe = domidOfKey(key);
     const inMem = domidMaybe !== undefined ? this.jobs.get(domidMaybe) : undefined;
     if (!snap.exists) {
-      if (inMem !== undefined && !isTerminal(inMem.state) && inMem.state !== 'done') {
+      // `done` counts once it is on record: removed before the requester could see it, the job
+      // was removed running (an abort); the pending write would otherwise bring back an orphan.
+      const doneSeen = inMem?.state === 'done' && inMem.stateOnRecord === 'done';
+      if (inMem !== undefined && !isTerminal(inMem.state) && !doneSeen) {
         // Its nodes reappear whole in a new directory (or not at all, if the agent dies first).
         this.writerFor(inMem.domid).writeTogether();
         inMem.abort('abort', 'job directory removed by the requester');

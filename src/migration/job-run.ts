@@ -242,6 +242,7 @@ export class JobRun {
   private rearmWatch: (() => void) | undefined;
   /** The agent stopped waiting on this job (shutdown of a done job): nothing more is written. */
   private detached = false;
+  private recorded: JobState | undefined;
   /** The agent stopped before the recovery could end (drain, stop): left `recovering` for the next one. */
   handedOver = false;
   /** The suspend-request value last written (the node is rewritten only when the fact changes). */
@@ -280,6 +281,13 @@ export class JobRun {
   }
   get aborted(): boolean {
     return this.f.stop !== undefined;
+  }
+  /**
+   * The last state known to be written (a requester sees no other): `done` in memory with its
+   * write still pending is not `done` to a requester that removes the job meanwhile.
+   */
+  get stateOnRecord(): JobState | undefined {
+    return this.recorded;
   }
   /** suspend=toolstack: the source was destroyed past the suspend; a `done` job then holds nothing. */
   get sourceLeft(): boolean {
@@ -340,6 +348,12 @@ export class JobRun {
     }
     this.deferred = {};
     const written = this.deps.writer.persist(nodes);
+    void written.then(
+      () => {
+        this.recorded = next;
+      },
+      () => undefined,
+    );
     // Background: the writer keeps the order, and a crash here maps to the same recovery action.
     if (how === 'await') await written;
   }
