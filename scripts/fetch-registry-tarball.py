@@ -49,7 +49,12 @@ def main(argv):
     try:
         meta = json.loads(get(f"{REGISTRY}/{name}/{version}", 60))
     except Exception as e:  # network, HTTP or JSON: one clear line
-        fail(f"cannot read {REGISTRY}/{name}/{version}: {e}")
+        hint = ""
+        if "CERTIFICATE_VERIFY_FAILED" in str(e):
+            # A network that intercepts HTTPS: its CA is not in this system's store yet.
+            hint = (" (the certificate is not trusted here: if this network intercepts HTTPS, put its CA in"
+                    " /usr/local/share/ca-certificates/ and run update-ca-certificates)")
+        fail(f"cannot read {REGISTRY}/{name}/{version}: {e}{hint}")
     dist = meta.get("dist") or {}
     if dist.get("integrity") != integrity:
         fail(f"{name}@{version}: the registry records integrity {dist.get('integrity')}, pinned {integrity}")
