@@ -345,6 +345,11 @@ function buildDom0(root, xen, kver, stage, out, nodeBinary) {
     copyReal(realInRoot(root, rel), dst);
   }
   for (const p of PACKAGE_PROGRAMS) copyReal(realInRoot(root, p), path.join(stage, p));
+  // QEMU loads its keymap even for `-vnc none` (libxl's default): "could not read keymap file".
+  const keymaps = path.join(root, 'usr/share/qemu/keymaps');
+  if (!fs.existsSync(keymaps))
+    throw new ImageError('usr/share/qemu/keymaps not in the packages (qemu-system-data)');
+  fs.cpSync(keymaps, path.join(stage, 'usr/share/qemu/keymaps'), { recursive: true, dereference: true });
   // Every ELF staged so far, and node (it comes through the share; its libraries must be here).
   const elves = walkFiles(stage)
     .filter((f) => isElf(f) && !f.endsWith('.ko'))

@@ -44,6 +44,8 @@ export function hostPackages(xen) {
     // /usr/libexec/xen-qemu-system-i386), qemu-nbd and qemu-img for the destination export.
     'qemu-system-xen',
     'qemu-utils',
+    // Its keymaps: QEMU reads one even for libxl's `-vnc none`.
+    'qemu-system-data',
     // node (a generic Linux build) needs these besides libc.
     'libstdc++6',
     'libgcc-s1',
