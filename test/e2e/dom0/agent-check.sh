@@ -347,10 +347,6 @@ scenario_d() {
   old=$(guest_domid)
   find_devices
   echo "(d) devmigrate migrate with a 60 s device sync (domain $old)"
-  # (c)'s destination kept its copy of the image; on two hosts the guest would now run from it,
-  # here it still runs from the source image, so this destination starts empty again (the copy
-  # method refuses to write over an existing file).
-  rm -rf "$COPY_ROOT"
   touch $SLOW_FLAG
   t0=$(now)
   "$E2E_NODE" "$cli" migrate --keep-job --timeout 300 \
@@ -441,6 +437,10 @@ scenario_f() {
 
 for s in $SCENARIOS; do
   guest_running || fail "guest $GUEST is not running before scenario ($s)"
+  # Each scenario's destination starts empty: a migration's destination keeps its copy (on two
+  # hosts the guest would then run from it; here it still runs from the source image), and the
+  # copy method refuses to write over an existing file.
+  rm -rf "$COPY_ROOT"
   "scenario_$s"
 done
 

@@ -18,7 +18,7 @@ for a in $(cat /proc/cmdline); do
 done
 echo "guest up: $(cat /proc/cmdline)"
 # e2e.diskwriter=<dev> on the command line (test/e2e/dom0/checks/disk-mirror.sh): the guest
-# writes that disk all the time, random 4 KiB blocks spread over it, each synced, ten a second,
+# writes that disk all the time, random 4 KiB blocks spread over it, each synced, four a second,
 # printing "disk-wrote N" once each write is on the disk.
 disk_writer() {
   i=0
@@ -32,7 +32,7 @@ disk_writer() {
     w=$((w + 1))
     dd if=/dev/urandom of="$1" bs=4096 count=1 seek=$(((w * 7919) % blocks)) conv=fsync,notrunc 2>/dev/null &&
       echo "disk-wrote $w"
-    usleep 100000
+    usleep 250000
   done
 }
 for a in $(cat /proc/cmdline); do
