@@ -182,6 +182,8 @@ export function startWriter(nbdUri: string, sizeBytes: number, perSecond: number
     done += (c.toString().match(/wrote 4096\/4096 bytes/g) ?? []).length;
   });
   child.stderr.on('data', (c: Buffer) => (err = (err + c.toString()).slice(-1000)));
+  // qemu-io gone early (its NBD connection failed): the writes it missed are reported by stop().
+  child.stdin.on('error', (e) => (err = `${err}\nstdin: ${e.message}`.slice(-1000)));
   const blocks = Math.floor(sizeBytes / 4096);
   const period = 1000 / perSecond;
   const started = Date.now();

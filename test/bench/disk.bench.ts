@@ -30,11 +30,15 @@ import {
 } from './disk-world.js';
 
 const MiB = 1024 * 1024;
-const SIZES: [string, number][] = [
+const ALL_SIZES: [string, number][] = [
   ['64m', 64 * MiB],
   ['512m', 512 * MiB],
   ['2g', 2048 * MiB],
 ];
+/** BENCH_DISK_SIZES=64m,2g: a subset (to look at one size; the targets need 64m and 2g). */
+const SIZES = process.env['BENCH_DISK_SIZES']
+  ? ALL_SIZES.filter(([l]) => (process.env['BENCH_DISK_SIZES'] ?? '').split(',').includes(l))
+  : ALL_SIZES;
 const REPS = Number(process.env['BENCH_DISK_REPS'] ?? 3);
 /** Guest writes per second while it runs (4 KiB each). */
 const WRITE_RATE = Number(process.env['BENCH_DISK_WRITES'] ?? 200);
@@ -145,6 +149,14 @@ async function main(): Promise<void> {
           console.log(
             `  mirror ${label.padStart(4)} rep ${rep + 1}: final ${r1(run.finalMs)} ms (bulk to READY ${r1(run.bulkMs)} ms, ${run.writes} guest writes) verified`,
           );
+          // Where the final part went (the method's own debug marks), and the flush before it.
+          for (const re of [
+            /flushed before the suspend in .*/,
+            /ended \(ms since post-suspend began: .*\)/,
+          ]) {
+            const hit = [...lines].reverse().find((l) => re.test(l));
+            if (hit !== undefined) console.log(`      ${re.exec(hit)?.[0] ?? ''}`);
+          }
         } finally {
           await guest.stop();
         }
