@@ -19,6 +19,7 @@ function usage() {
   return `usage: node test/deploy/run.js [--scenarios=install,a,b,...] [--timeout=seconds] [--verbose]
   --scenarios  which scenarios host a runs, in order (default: ${SCENARIOS.join(',')}; also $DEPLOY_SCENARIOS)
   --timeout    bound on the QEMU run (default 1080 s); the whole test stays under 20 minutes
+  --smp        vCPUs of each emulated host and of its dom0 (default 1; the two QEMUs share the cores)
   --verbose    echo both serial consoles live (also DEPLOY_VERBOSE=1)`;
 }
 
@@ -26,11 +27,13 @@ function parseArgs(argv) {
   const opts = {
     scenarios: (process.env.DEPLOY_SCENARIOS ?? SCENARIOS.join(',')).split(/[ ,]+/).filter(Boolean),
     timeout: 1080,
+    smp: 1,
     verbose: process.env.DEPLOY_VERBOSE === '1',
   };
   for (const a of argv) {
     if (a.startsWith('--scenarios=')) opts.scenarios = a.slice(12).split(',').filter(Boolean);
     else if (a.startsWith('--timeout=')) opts.timeout = Number(a.slice(10));
+    else if (a.startsWith('--smp=')) opts.smp = Number(a.slice(6));
     else if (a === '--verbose' || a === '-v') opts.verbose = true;
     else {
       console.error(usage());
@@ -39,6 +42,7 @@ function parseArgs(argv) {
   }
   for (const s of opts.scenarios) if (!SCENARIOS.includes(s)) throw new Error(`unknown scenario ${s}`);
   if (!(opts.timeout > 0)) throw new Error('--timeout must be a positive number');
+  if (![1, 2].includes(opts.smp)) throw new Error('--smp must be 1 or 2');
   return opts;
 }
 
@@ -147,7 +151,10 @@ async function main() {
       `DEPLOY_VERSION='${pkg.version}+deploy1'`,
       `DEPLOY_VERSION_NEWER='${pkg.version}+deploy2'`,
       `DEPLOY_SCENARIOS='${opts.scenarios.join(' ')}'`,
-      'export DEPLOY_IMAGE DEPLOY_DEB DEPLOY_DEB_NEWER DEPLOY_VERSION DEPLOY_VERSION_NEWER DEPLOY_SCENARIOS',
+      // Host a collects both hosts' journals by then even if a scenario hangs (wall clock: the
+      // dom0s' clocks come from QEMU's RTC, i.e. this machine's).
+      `DEPLOY_DEADLINE=${Math.floor(Date.now() / 1000 + opts.timeout - 75)}`,
+      'export DEPLOY_IMAGE DEPLOY_DEB DEPLOY_DEB_NEWER DEPLOY_VERSION DEPLOY_VERSION_NEWER DEPLOY_SCENARIOS DEPLOY_DEADLINE',
       '',
     ].join('\n'),
   );
@@ -161,7 +168,7 @@ async function main() {
     else if (/DEPLOY-(READY|RESULT|BEGIN|END|DONE|FAIL|METRIC)/.test(text))
       console.log(`  ${name} ${t.toFixed(1).padStart(6)}s ${text.slice(text.indexOf('DEPLOY-'))}`);
   };
-  const common = { image: image.dir, repo: REPO, runDir, timeoutMs: opts.timeout * 1000 };
+  const common = { image: image.dir, repo: REPO, runDir, smp: opts.smp, timeoutMs: opts.timeout * 1000 };
   const qemuStart = Date.now();
   const hostA = bootHost({
     ...common,
