@@ -132,6 +132,8 @@ collect_logs() {
     d=/mnt/run/${h#host-}
     on "$h" "journalctl -u xen-devmigrate -o short-precise --no-pager >$d/journal-devmigrate.log 2>&1;
       journalctl -b -o short-precise --no-pager >$d/journal-boot.log 2>&1;
+      systemd-analyze blame --no-pager >$d/boot-blame.txt 2>&1;
+      systemd-analyze critical-chain --no-pager >$d/boot-critical-chain.txt 2>&1;
       cp /var/log/xen/xen-hotplug.log $d/ 2>/dev/null; mkdir -p $d/console;
       cp /var/log/xen/console/*.log $d/console/ 2>/dev/null; cp $DEV/tool.log $d/ 2>/dev/null; true"
   done

@@ -14,6 +14,19 @@
 exec 2>&1
 cd /
 echo "DEPLOY-PLAN $DEPLOY_SCENARIOS"
+# A scenario that hangs must still leave both hosts' journals: collected shortly before the
+# harness's bound (DEPLOY_DEADLINE, wall clock) stops both QEMUs.
+# Started twice detached (not a job of this shell: the scenarios' bare `wait`s must not wait for it).
+if [ -n "${DEPLOY_DEADLINE:-}" ]; then
+  (
+    (
+      while [ "$(date +%s)" -lt "$DEPLOY_DEADLINE" ]; do sleep 5; done
+      note "the harness's bound is near: collecting both hosts' logs now"
+      collect_logs
+    ) &
+    echo $! >/run/deploy-watchdog.pid
+  )
+fi
 
 # --- set-up shared by the scenarios ---------------------------------------------------------------
 wait_until 300 "on $B true" || echo "DEPLOY-FAIL host-a cannot ssh to host-b"
@@ -91,7 +104,8 @@ sc_install() {
     check "install:dpkg-$v" "dpkg -i $(basename $DEPLOY_DEB) on $h: $(pkg_status $h)" "[ \"\$(pkg_status $h)\" = 'install ok installed' ]" ||
       echo "$out" | tail -n 20
     check "install:enabled-$v" "systemctl is-enabled on $h" "[ \"\$(on $h 'systemctl is-enabled xen-devmigrate')\" = enabled ]"
-    check "install:active-$v" "systemctl is-active on $h after dpkg's start" "wait_until 120 '[ \"\$(on $h \"systemctl is-active xen-devmigrate\")\" = active ]'"
+    check "install:active-$v" "systemctl is-active on $h after dpkg's start" "wait_until 120 '[ \"\$(on $h \"systemctl is-active xen-devmigrate\")\" = active ]'" ||
+      on $h "systemctl status xen-devmigrate --no-pager -n 0; journalctl -u xen-devmigrate --no-pager -o short-monotonic -n 40" | sed 's/^/  | /'
     check "install:ready-$v" "agent announced ready with version $DEPLOY_VERSION on $h" \
       "wait_until 60 '[ \"\$(on $h \"xenstore-read /tool/devmigrate/agent/state\")\" = ready ]' && [ \"\$(on $h 'xenstore-read /tool/devmigrate/agent/version')\" = $DEPLOY_VERSION ]"
     check "install:journal-$v" "journalctl -u xen-devmigrate has the agent's start" \
@@ -353,6 +367,7 @@ for s in $DEPLOY_SCENARIOS; do
   scenario_end
 done
 
+[ -f /run/deploy-watchdog.pid ] && kill "$(cat /run/deploy-watchdog.pid)" 2>/dev/null
 collect_logs
 echo "DEPLOY-SUMMARY passed=$PASSED failed=$FAILED"
 rc=0
