@@ -260,7 +260,9 @@ sc_c() {
   old=$(domid_on $src)
   on $src "touch $DEV/slow-step-1-40"
   on $src "nohup devmigrate migrate --keep-job --timeout 600 --migrate-command $TOOLS/xl-migrate-timed --unpause-command '$TOOLS/unpause-timed {host}' $GUEST $dst >/run/deploy-c.out 2>&1; echo \$? >/run/deploy-c.rc" &
-  wait_until 180 "[ \"\$(jget $src $old state)\" = pre-suspend ]"
+  # The command's start and the test phase (rsync's destination probe, the tool's step 0 over ssh)
+  # took over 180 s emulated on 2026-11-29 (b's whole refused migration: 208 s).
+  wait_until 420 "[ \"\$(jget $src $old state)\" = pre-suspend ]"
   check "c:mid-job" "job in pre-suspend on $src before the stop" "[ \"\$(jget $src $old state)\" = pre-suspend ]"
   t0=$(now)
   on $src "systemctl stop xen-devmigrate"
