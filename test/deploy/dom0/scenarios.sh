@@ -14,6 +14,19 @@
 exec 2>&1
 cd /
 echo "DEPLOY-PLAN $DEPLOY_SCENARIOS"
+# A scenario that hangs must still leave both hosts' journals: collected shortly before the
+# harness's bound (DEPLOY_DEADLINE, wall clock) stops both QEMUs.
+# Started twice detached (not a job of this shell: the scenarios' bare `wait`s must not wait for it).
+if [ -n "${DEPLOY_DEADLINE:-}" ]; then
+  (
+    (
+      while [ "$(date +%s)" -lt "$DEPLOY_DEADLINE" ]; do sleep 5; done
+      note "the harness's bound is near: collecting both hosts' logs now"
+      collect_logs
+    ) &
+    echo $! >/run/deploy-watchdog.pid
+  )
+fi
 
 # --- set-up shared by the scenarios ---------------------------------------------------------------
 wait_until 300 "on $B true" || echo "DEPLOY-FAIL host-a cannot ssh to host-b"
@@ -47,7 +60,7 @@ CONF_JSON='{
   "$comment": "deployment e2e (test/deploy/dom0/scenarios.sh)",
   "logLevel": "debug",
   "timeouts": { "testMs": 120000, "preSuspendMs": 600000, "postSuspendMs": 300000, "syncMs": 300000, "recoverMs": 120000, "toolstackSuspendMs": 900000 },
-  "disks": { "copy": { "method": "rsync", "rsync": "/usr/bin/rsync", "rsh": ["ssh", "-o", "BatchMode=yes"], "remoteRoot": "/" } },
+  "disks": { "copy": { "method": "rsync", "rsync": "/usr/bin/rsync", "rsh": ["/usr/bin/ssh", "-o", "BatchMode=yes"], "remoteRoot": "/" } },
   "devices": { "vif": { "tool": { "path": "/usr/local/lib/deploy-e2e/state-tool", "timeoutMs": 200000 } } }
 }'
 
@@ -58,7 +71,7 @@ name = "$GUEST"
 type = "pvh"
 kernel = "/var/lib/deploy/vmlinuz"
 ramdisk = "/var/lib/deploy/guest.cpio.gz"
-extra = "console=hvc0 rdinit=/init quiet"
+extra = "console=hvc0 rdinit=/init quiet mitigations=off"
 memory = 96
 vcpus = 1
 disk = [ "format=raw,vdev=xvda,access=rw,target=$DISK" ]
@@ -66,7 +79,7 @@ vif = [ "bridge=xenbr0,mac=00:16:3e:de:00:01" ]
 on_crash = "preserve"
 CFG
   xl create /var/lib/deploy/$GUEST.cfg || return 1
-  wait_until 240 '[ "$(last_seq $A)" -ge 5 ]'
+  wait_until 300 '[ "$(last_seq $A)" -ge 3 ]'
 }
 
 scenario() {
@@ -91,7 +104,8 @@ sc_install() {
     check "install:dpkg-$v" "dpkg -i $(basename $DEPLOY_DEB) on $h: $(pkg_status $h)" "[ \"\$(pkg_status $h)\" = 'install ok installed' ]" ||
       echo "$out" | tail -n 20
     check "install:enabled-$v" "systemctl is-enabled on $h" "[ \"\$(on $h 'systemctl is-enabled xen-devmigrate')\" = enabled ]"
-    check "install:active-$v" "systemctl is-active on $h after dpkg's start" "wait_until 120 '[ \"\$(on $h \"systemctl is-active xen-devmigrate\")\" = active ]'"
+    check "install:active-$v" "systemctl is-active on $h after dpkg's start" "wait_until 120 '[ \"\$(on $h \"systemctl is-active xen-devmigrate\")\" = active ]'" ||
+      on $h "systemctl status xen-devmigrate --no-pager -n 0; journalctl -u xen-devmigrate --no-pager -o short-monotonic -n 40" | sed 's/^/  | /'
     check "install:ready-$v" "agent announced ready with version $DEPLOY_VERSION on $h" \
       "wait_until 60 '[ \"\$(on $h \"xenstore-read /tool/devmigrate/agent/state\")\" = ready ]' && [ \"\$(on $h 'xenstore-read /tool/devmigrate/agent/version')\" = $DEPLOY_VERSION ]"
     check "install:journal-$v" "journalctl -u xen-devmigrate has the agent's start" \
@@ -141,7 +155,7 @@ sc_a() {
   if [ -z "$(where)" ]; then
     create_guest || true
   fi
-  check "a:guest-created" "PVH guest on $A writing its disk ($(last_seq $A) writes acknowledged)" "running_on $A && [ \"\$(last_seq $A)\" -ge 5 ]" || return
+  check "a:guest-created" "PVH guest on $A writing its disk ($(last_seq $A) writes acknowledged)" "running_on $A && [ \"\$(last_seq $A)\" -ge 3 ]" || return
   set -- $(clock_offset_ms $B)
   off=$1
   rtt=$2
@@ -152,7 +166,7 @@ sc_a() {
   on $B "rm -f $DISK $DEV/$GUEST.state $DEV/$GUEST.state.incoming"
   # The verified window is the last 64 writes before the suspend (all of them, if fewer): every
   # one of them made on a in this run. The emulated guest writes about one block in 5-10 s.
-  wait_until 120 '[ "$(last_seq $A)" -ge 10 ]'
+  wait_until 120 '[ "$(last_seq $A)" -ge 5 ]'
   on $A ": >/run/deploy-times"
   since_j=$(date '+%Y-%m-%d %H:%M:%S')
   migrate_measure dm-ab $A "devmigrate migrate --keep-job --timeout 900 --migrate-command $TOOLS/xl-migrate-timed --unpause-command '$TOOLS/unpause-timed {host}' $GUEST $B"
@@ -246,7 +260,9 @@ sc_c() {
   old=$(domid_on $src)
   on $src "touch $DEV/slow-step-1-40"
   on $src "nohup devmigrate migrate --keep-job --timeout 600 --migrate-command $TOOLS/xl-migrate-timed --unpause-command '$TOOLS/unpause-timed {host}' $GUEST $dst >/run/deploy-c.out 2>&1; echo \$? >/run/deploy-c.rc" &
-  wait_until 180 "[ \"\$(jget $src $old state)\" = pre-suspend ]"
+  # The command's start and the test phase (rsync's destination probe, the tool's step 0 over ssh)
+  # took over 180 s emulated on 2026-11-29 (b's whole refused migration: 208 s).
+  wait_until 420 "[ \"\$(jget $src $old state)\" = pre-suspend ]"
   check "c:mid-job" "job in pre-suspend on $src before the stop" "[ \"\$(jget $src $old state)\" = pre-suspend ]"
   t0=$(now)
   on $src "systemctl stop xen-devmigrate"
@@ -353,6 +369,7 @@ for s in $DEPLOY_SCENARIOS; do
   scenario_end
 done
 
+[ -f /run/deploy-watchdog.pid ] && kill "$(cat /run/deploy-watchdog.pid)" 2>/dev/null
 collect_logs
 echo "DEPLOY-SUMMARY passed=$PASSED failed=$FAILED"
 rc=0

@@ -33,7 +33,19 @@ install -m 600 "$K/id_ed25519" /root/.ssh/id_ed25519
 install -m 644 "$K/id_ed25519.pub" /root/.ssh/id_ed25519.pub
 install -m 600 "$K/id_ed25519.pub" /root/.ssh/authorized_keys
 install -m 644 "$K/known_hosts" /root/.ssh/known_hosts
-printf 'Host host-a host-b\n  BatchMode yes\n  StrictHostKeyChecking yes\n  ConnectTimeout 60\n  ServerAliveInterval 15\n' >/root/.ssh/config
+# One connection per host pair and caller, reused by the many short ssh calls (the tool's steps,
+# rsync, xl's transport, `xl unpause`): a key exchange costs about a second emulated. /tmp is the
+# agent's own (PrivateTmp=), so the agent's children and the scenarios keep separate masters.
+cat >/root/.ssh/config <<'SSH'
+Host host-a host-b
+  BatchMode yes
+  StrictHostKeyChecking yes
+  ConnectTimeout 60
+  ServerAliveInterval 15
+  ControlMaster auto
+  ControlPath /tmp/ssh-cm-%C
+  ControlPersist 900
+SSH
 
 # Network: the virtio NIC (by this run's MAC) in bridge xenbr0, which also takes the guests' vifs.
 modprobe -a virtio_net bridge 2>/dev/null
@@ -73,6 +85,9 @@ cat >/etc/systemd/system/xen-devmigrate.service.d/deploy-e2e.conf <<'CONF'
 # deployment e2e (test/deploy/dom0/setup.sh), TEST IMAGE ONLY.
 [Service]
 ReadWritePaths=/var/lib/deploy-dev
+# Emulation (TCG, nested paging emulated too) runs Node 20-30 times slower than a real dom0: the
+# agent's start took 24-33 s CPU before READY, past the unit's 30 s, and systemd killed it.
+TimeoutStartSec=180
 CONF
 # TEST IMAGE ONLY, off by default since the agent picks libxenctrl.so.4.<minor> of the running
 # hypervisor by itself (issue 9, cherry-picked from branch versions): DEPLOY_LIB_OVERRIDE=1 in

@@ -45,9 +45,13 @@ export async function freeUdpPorts(n) {
 export function bootHost(o) {
   for (const p of [o.image, o.repo, o.runDir])
     if (p.includes(',')) throw new Error(`QEMU option paths must not contain a comma: ${p}`);
-  const dom0 = `root=/dev/vda rw console=hvc0 quiet loglevel=4 systemd.show_status=error deploy.host=${o.name}`;
-  const xen =
-    'console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 loglvl=warning guest_loglvl=warning noreboot';
+  // No speculative-execution mitigations in Xen nor the dom0 kernel: this is an emulated test
+  // machine running only our code, and each mitigation's barrier is emulated too.
+  const dom0 = `root=/dev/vda rw console=hvc0 quiet loglevel=4 systemd.show_status=error mitigations=off deploy.host=${o.name}`;
+  // One vCPU per host by default: two QEMUs share this machine's 2 cores, and with 2 vCPUs each
+  // a descheduled vCPU stalls the other's IPIs and spinlocks (docs/deploy-e2e.md, Figures).
+  const smp = o.smp ?? 1;
+  const xen = `console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=${smp} loglvl=warning guest_loglvl=warning spec-ctrl=no noreboot`;
   const args = [
     '-accel',
     'tcg,thread=multi',
@@ -58,7 +62,7 @@ export function bootHost(o) {
     '-m',
     '1792',
     '-smp',
-    '2',
+    String(smp),
     '-no-reboot',
     '-monitor',
     'none',
