@@ -131,7 +131,7 @@ echo "$(grep -o 'mirror devmigrate-51712 ended.*' $ALOG | tail -n 1)"
 # The guest is suspended: its image is final, and the destination must be the same bytes.
 cmp $IMG $DEST$IMG || jfail "destination image differs from the source"
 [ $((w1 - w0)) -ge 10 ] || jfail "the guest wrote only $((w1 - w0)) blocks during the migration"
-left=$(ls /run/devmigrate /run/devmigrate-dest 2>/dev/null | tr '\n' ' ')
+left=$(find /run/devmigrate /run/devmigrate-dest -mindepth 1 2>/dev/null | tr '\n' ' ')
 [ -z "$left" ] || jfail "sockets or pid files left: $left"
 pidof qemu-nbd >/dev/null && jfail "a qemu-nbd still runs: $(pidof qemu-nbd)"
 lock=$(ls /var/lib/xen/userdata-l.$D.*.qmp-socket-lock 2>/dev/null)
