@@ -1,8 +1,10 @@
 // Commands on the destination host through the configured remote shell (`ssh -o BatchMode=yes`
 // by default). ssh joins the words with spaces and the remote shell parses them again, so every
 // word is checked against a charset with no shell meaning before anything runs; argv only here.
+import { accessSync, constants } from 'node:fs';
+import { join } from 'node:path';
 import { runTool, ToolInputError, type ToolRunResult } from './external-tool.js';
-import type { Logger } from './types.js';
+import { DeviceOpError, type Logger } from './types.js';
 
 /** Words that mean the same to a POSIX shell as to us: no spaces, quotes, $, `, ;, |, &, <, >, *, ?, [, ~. */
 const REMOTE_WORD = /^[A-Za-z0-9_@%+=:,./-]{1,1024}$/;
@@ -19,6 +21,31 @@ export interface RemoteShell {
   killGraceMs: number;
 }
 
+/** The PATH tools run with (external-tool.ts): where a bare remote shell name is looked up. */
+const TOOL_PATH = ['/usr/sbin', '/usr/bin', '/sbin', '/bin'];
+
+/**
+ * The remote shell's program as an absolute path: the configuration may say `ssh` (the default
+ * does), tools only run from absolute paths. A bare name is looked up in the fixed tool PATH,
+ * never in the agent's environment.
+ */
+export function resolveShellProgram(program: string): string {
+  if (program.startsWith('/')) return program;
+  if (!/^[A-Za-z0-9_.+-]{1,255}$/.test(program)) throw new ToolInputError('rsh', program);
+  for (const dir of TOOL_PATH) {
+    const candidate = join(dir, program);
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // not here
+    }
+  }
+  throw new DeviceOpError(
+    `remote shell ${program} not found in ${TOOL_PATH.join(':')} (give its absolute path)`,
+  );
+}
+
 /** argv of `<rsh...> [extra...] <host> <words...>`, every value checked; throws ToolInputError. */
 export function remoteArgv(
   shell: RemoteShell,
@@ -31,7 +58,7 @@ export function remoteArgv(
   for (const w of [...rshArgs, ...rshExtra, ...words]) {
     if (!remoteWordOk(w)) throw new ToolInputError('remote argv', w);
   }
-  return { path, args: [...rshArgs, ...rshExtra, shell.host, ...words] };
+  return { path: resolveShellProgram(path), args: [...rshArgs, ...rshExtra, shell.host, ...words] };
 }
 
 export interface RemoteResult {

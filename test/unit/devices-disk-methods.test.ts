@@ -19,7 +19,7 @@ import {
   xenBlockNodeName,
 } from '../../src/devices/mirror-plan.js';
 import { parseDdSummary } from '../../src/devices/read-rate.js';
-import { remoteArgv, remoteWordOk } from '../../src/devices/remote-shell.js';
+import { remoteArgv, remoteWordOk, resolveShellProgram } from '../../src/devices/remote-shell.js';
 import { exportCommand } from '../../src/devices/nbd-export.js';
 import { ToolInputError } from '../../src/devices/external-tool.js';
 
@@ -168,9 +168,16 @@ describe("reading QEMU's answers", () => {
 
 describe('remote commands', () => {
   const shell = { rsh: ['ssh', '-o', 'BatchMode=yes'], host: 'host-b.example.org', killGraceMs: 100 };
+  it('a bare remote shell name runs from the tool PATH; an unknown one is refused with why', () => {
+    expect(resolveShellProgram('ssh')).toBe('/usr/bin/ssh');
+    expect(resolveShellProgram('/opt/x/ssh')).toBe('/opt/x/ssh');
+    expect(() => resolveShellProgram('no-such-remote-shell')).toThrow(/not found in \/usr\/sbin/);
+    expect(() => resolveShellProgram('ss h')).toThrow(ToolInputError);
+  });
+
   it('argv is rsh, extra options, host, words', () => {
     expect(remoteArgv(shell, ['test', '-e', '/var/a.img'], ['-L', '/run/a.sock:/run/b.sock'])).toEqual({
-      path: 'ssh',
+      path: '/usr/bin/ssh',
       args: [
         '-o',
         'BatchMode=yes',
@@ -207,7 +214,7 @@ describe('the destination export', () => {
     };
     const cmd = exportCommand(spec, '/run/devmigrate/nbd-7-51712.pid');
     expect(remoteArgv(spec.shell, cmd.words, cmd.rshExtra)).toEqual({
-      path: 'ssh',
+      path: '/usr/bin/ssh',
       args: [
         '-o',
         'BatchMode=yes',
