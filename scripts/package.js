@@ -13,7 +13,9 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const NAME = 'xen-devmigrate';
 const LIB = `usr/lib/${NAME}`;
 const DOC = `usr/share/doc/${NAME}`;
-const UNIT = 'lib/systemd/system/xen-devmigrate.service';
+// /usr/lib: Debian 13's lintian reports /lib/systemd/system as an aliased location (merged /usr);
+// systemd reads both, and a Debian 12 dom0 has merged /usr too.
+const UNIT = 'usr/lib/systemd/system/xen-devmigrate.service';
 const CONFFILE = 'etc/xen/devmigrate.json';
 /** Debian's convention for who builds a package: $DEBFULLNAME <$DEBEMAIL>. */
 const MAINTAINER = `${process.env.DEBFULLNAME || 'xen-devmigrate developers'} <${process.env.DEBEMAIL || 'devmigrate@example.org'}>`;

@@ -4,9 +4,10 @@
 // writer of random 4 KiB blocks at a steady rate (qemu-io), a remote shell that runs locally
 // (test/support/fake-ssh.js), and byte-for-byte comparison. Every process started here is reaped.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { randomBytes, randomInt } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { createHash, randomBytes, randomInt } from 'node:crypto';
+import { existsSync, renameSync, writeFileSync } from 'node:fs';
 import { mkdir, open } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { defaultConfig, type DevMigrateConfig, type MirrorConfig } from '../../src/config/schema.js';
@@ -14,15 +15,27 @@ import type { Logger, OpContext } from '../../src/devices/types.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-/** test/support/fake-ssh.js, from the sources (vitest) or from dist/test/bench (the compiled bench). */
+/**
+ * The remote shell stand-in: a wrapper that runs test/support/fake-ssh.js (from the sources or
+ * from dist/test/bench) with this very node. Tools run with a fixed PATH
+ * (/usr/sbin:/usr/bin:/sbin:/bin), where the script's `#!/usr/bin/env node` finds no node when
+ * node lives in /usr/local/bin (Debian 12's set-up). One small file per node binary in the tmp
+ * folder, rewritten only when it differs.
+ */
 export function fakeSshPath(): string {
-  for (const c of [
+  const script = [
     resolve(here, '../support/fake-ssh.js'),
     resolve(here, '../../../test/support/fake-ssh.js'),
-  ]) {
-    if (existsSync(c)) return c;
+  ].find((c) => existsSync(c));
+  if (script === undefined) throw new Error('test/support/fake-ssh.js not found');
+  const body = `#!/bin/sh\nexec '${process.execPath}' '${script}' "$@"\n`;
+  const key = createHash('sha256').update(body).digest('hex').slice(0, 12);
+  const wrapper = join(tmpdir(), `devmigrate-fake-ssh-${key}`);
+  if (!existsSync(wrapper)) {
+    writeFileSync(`${wrapper}.${process.pid}`, body, { mode: 0o755 });
+    renameSync(`${wrapper}.${process.pid}`, wrapper);
   }
-  throw new Error('test/support/fake-ssh.js not found');
+  return wrapper;
 }
 
 export const QEMU_TOOLS = [

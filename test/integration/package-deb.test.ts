@@ -78,7 +78,7 @@ describe('npm run package', () => {
       '/usr/lib/xen-devmigrate/node_modules/koffi/package.json',
       '/usr/lib/xen-devmigrate/node_modules/winston/package.json',
       '/usr/lib/xen-devmigrate/node_modules/yargs/package.json',
-      '/lib/systemd/system/xen-devmigrate.service',
+      '/usr/lib/systemd/system/xen-devmigrate.service',
       '/etc/xen/devmigrate.json',
       '/usr/share/doc/xen-devmigrate/copyright',
       '/usr/share/doc/xen-devmigrate/changelog.gz',
@@ -86,7 +86,7 @@ describe('npm run package', () => {
     ])
       expect(listing, p).toContain(p);
     expect(readFileSync(join(REPO, 'systemd/xen-devmigrate.service'), 'utf8')).toBe(
-      readFileSync(join(root, 'lib/systemd/system/xen-devmigrate.service'), 'utf8'),
+      readFileSync(join(root, 'usr/lib/systemd/system/xen-devmigrate.service'), 'utf8'),
     );
     const conffiles = sh('dpkg-deb', ['--ctrl-tarfile', deb]);
     expect(conffiles.code).toBe(0);
