@@ -79,6 +79,7 @@ PKGS=(
   "$XEN_UTILS" xenstore-utils libxen-dev # real xenstored, xl, test-xenstore, headers, libxenstore
   gcc make libc6-dev                     # the xen-mocks shim, simulated libraries, bench C loop
   rsync openssh-client                   # the built-in disk copy method
+  procps                                 # pgrep: the disk tests find the processes they must reap
   systemd                                # systemd-analyze verify of the unit
   qemu-system-x86 cpio busybox-static    # e2e: real Xen hosts in QEMU
   binutils xz-utils                      # e2e: readelf (library walk), Debian 13's .ko.xz modules
