@@ -371,7 +371,9 @@ export function mirrorConfigFor(dir: string, over: Partial<MirrorConfig> = {}): 
     qemuImg: '/usr/bin/qemu-img',
     copyMode: 'write-blocking',
     reuseExisting: false,
-    qmpTimeoutMs: 5000,
+    // Also bounds the remote shell's commands: the stand-in is a node process per command, and a
+    // loaded 2-core machine took over 5 s to start one. Tests of the bound set their own.
+    qmpTimeoutMs: 30_000,
     bandwidthBytesPerSec: 0,
     ...over,
   };
