@@ -24,7 +24,7 @@ function usage() {
   --sequential  boot the hosts one after the other (E2E_PARALLEL=0); default: at the same time
   --prepare-only  fetch the packages and build the images of the hosts, boot nothing
   --only      run only these dom0 checks (names from test/e2e/dom0/run-checks.sh)
-  --timeout   bound on each host's QEMU run (default 900 s = 15 min)
+  --timeout   bound on each host's QEMU run (default 1200 s = 20 min)
   --verbose   echo the serial console while it runs (also E2E_VERBOSE=1)
   --strict    a missing dist/ build fails the xenstore checks instead of skipping them (on when CI=true)`;
 }
@@ -41,7 +41,7 @@ function parseHosts(text) {
 function parseArgs(argv) {
   const opts = {
     only: process.env.E2E_ONLY ?? '',
-    timeout: 900,
+    timeout: 1200,
     verbose: process.env.E2E_VERBOSE === '1',
     // In CI a check of the compiled project must not skip because dist/ was not built.
     strict: process.env.CI === 'true',

@@ -47,6 +47,11 @@ last_tick() {
 }
 tick_above() { [ "$(last_tick)" -gt "$1" ]; }
 guest_domid() { $XL domid "$GUEST" 2>/dev/null; }
+# triple_faulted <domid>: Xen logged a triple fault of that domain's vcpu. Seen under TCG: a
+# guest kernel (no code of ours runs in it) triple-faulted during boot while another guest ran,
+# twice in the 2026-11-29 runs; the test guests say on_reboot = "preserve" so that Xen's default
+# action for it (a reboot, as a new domid) leaves the domain to be seen instead.
+triple_faulted() { $XL dmesg 2>/dev/null | grep -q "d${1}v[0-9]* Triple fault"; }
 guest_running() { [ -n "$(guest_domid)" ]; }
 
 # Backend state of the guest's devices: "<type>:<state>" for each device dom0 serves.

@@ -21,12 +21,13 @@ vcpus = 1
 disk = [ "format=raw,vdev=xvda,access=rw,target=/tmp/e2e-disk.img" ]
 vif = [ "bridge=xenbr0,mac=00:16:3e:00:00:01" ]
 on_crash = "preserve"
+on_reboot = "preserve"
 CFG
 start=$(now)
 xl -v create /tmp/$GUEST.cfg || fail "xl create failed"
 created=$(since "$start")
 # Debian 13's 6.12 guest kernel needs about 110 s to its first tick under TCG (6.1: 40-90 s).
-wait_until 240 tick_above 2 || fail "guest created in ${created}s but printed no ticks within 240 s: $(cat "$GUEST_LOGS"*.log 2>/dev/null | tail -n 3 | tr '\n' '|')"
+wait_until 240 tick_above 2 || fail "guest created in ${created}s but printed no ticks within 240 s$(triple_faulted "$(guest_domid)" && echo ' (Xen: its vcpu triple-faulted)'): $(cat "$GUEST_LOGS"*.log 2>/dev/null | tail -n 3 | tr '\n' '|')"
 ticking=$(since "$start")
 wait_until 60 backends_connected || fail "guest ticks, but backends not connected: $(backend_states)"
 xl list
