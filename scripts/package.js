@@ -31,6 +31,8 @@ const DEPENDS = [
   'libxenstore4',
 ];
 const RECOMMENDS = ['xenstore-utils'];
+/** The mirror method's destination end (qemu-nbd serves the target, qemu-img creates it). */
+const SUGGESTS = ['qemu-utils'];
 /** The operator's generated man page and bash completion, picked up when the build has them. */
 const MAN_CANDIDATES = ['dist/man/devmigrate.8', 'man/devmigrate.8', 'docs/devmigrate.8'];
 const COMPLETION_CANDIDATES = [
@@ -352,6 +354,7 @@ function main() {
         `Installed-Size: ${installedKb}`,
         `Depends: ${[...libcDepends(lib), ...DEPENDS].join(', ')}`,
         `Recommends: ${RECOMMENDS.join(', ')}`,
+        `Suggests: ${SUGGESTS.join(', ')}`,
         'Section: admin',
         'Priority: optional',
         'Homepage: https://xenproject.org/',
