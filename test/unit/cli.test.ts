@@ -10,6 +10,8 @@ import { main } from '../../src/cli/main.js';
 import { ExitCode } from '../../src/cli/exit-codes.js';
 import { expand, parseCommand } from '../../src/cli/commands/migrate.js';
 import { checkTarget } from '../../src/cli/job-client.js';
+import { diskLines } from '../../src/cli/commands/config.js';
+import { validateConfig } from '../../src/config/schema.js';
 import { COMMANDS, GLOBAL_OPTIONS } from '../../src/cli/command-spec.js';
 import { parseDestination, parseSshCommand } from '../../src/cli/target.js';
 import { deviceLines, jobSummary } from '../../src/cli/render.js';
@@ -186,7 +188,25 @@ describe('config check', () => {
     const r = await run(['config', 'check', '--config', good]);
     expect(r.code).toBe(ExitCode.OK);
     expect(r.out).toContain('log level debug');
+    // How each kind of disk moves, as the disk policy will decide it.
+    expect(r.out).toContain('shared storage (nothing to move): under /srv/nfs/; on nfs, nfs4');
+    expect(r.out).toContain('disks served by QEMU (qdisk): no mirror (disks.mirror unset): refused');
+    expect(r.out).toContain('other local file images: refused (disks.copy unset)');
     rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('names the mirror and the copy method when both are configured', () => {
+    const cfg = validateConfig({ disks: { copy: { method: 'rsync', rsh: ['/usr/bin/ssh'] } } });
+    expect(diskLines(cfg).slice(1)).toEqual([
+      'disks served by QEMU (qdisk): no mirror (disks.mirror unset): copied by rsync',
+      'other local file images: copied by rsync (destination root /)',
+    ]);
+    const both = validateConfig({
+      disks: { copy: { method: 'rsync' }, mirror: { rsh: ['/usr/bin/ssh'], remoteRoot: '/srv/dest' } },
+    });
+    expect(diskLines(both)[1]).toBe(
+      'disks served by QEMU (qdisk): mirrored (write-blocking, destination root /srv/dest, remote shell /usr/bin/ssh)',
+    );
   });
 });
 

@@ -2,7 +2,7 @@
 // key and the reason of the first problem (exit 78), or summarising what is configured.
 import { existsSync } from 'node:fs';
 import { loadConfig } from '../../config/load.js';
-import { ConfigError, DEFAULT_CONFIG_PATH } from '../../config/schema.js';
+import { ConfigError, DEFAULT_CONFIG_PATH, type DevMigrateConfig } from '../../config/schema.js';
 import { CliError, ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { println, printJson, type CliContext } from '../context.js';
 
@@ -20,10 +20,7 @@ export async function configCheckCommand(ctx: CliContext): Promise<ExitCodeValue
         ctx,
         `  log level ${cfg.logLevel}; unknown devices: ${cfg.unknownDevices}; at most ${cfg.limits.maxJobs} jobs`,
       );
-      println(
-        ctx,
-        `  disk copy: ${cfg.disks.copy ? cfg.disks.copy.method : 'none (local file-backed disks are refused)'}`,
-      );
+      for (const line of diskLines(cfg)) println(ctx, `  ${line}`);
       println(
         ctx,
         `  device tools: ${tools.length > 0 ? tools.join(', ') : 'none (vtpm and vusb are refused)'}`,
@@ -40,4 +37,23 @@ export async function configCheckCommand(ctx: CliContext): Promise<ExitCodeValue
     }
     throw err;
   }
+}
+
+/** How each kind of disk will be moved, in the order the disk policy decides it. */
+export function diskLines(cfg: DevMigrateConfig): string[] {
+  const { copy, mirror, sharedPathPrefixes, sharedFsTypes } = cfg.disks;
+  const prefixes = sharedPathPrefixes.length > 0 ? `under ${sharedPathPrefixes.join(', ')}; ` : '';
+  return [
+    `shared storage (nothing to move): ${prefixes}on ${sharedFsTypes.join(', ')}`,
+    `disks served by QEMU (qdisk): ${
+      mirror === undefined
+        ? `no mirror (disks.mirror unset): ${copy === undefined ? 'refused' : `copied by ${copy.method}`}`
+        : `mirrored (${mirror.copyMode}, destination root ${mirror.remoteRoot}, remote shell ${mirror.rsh[0] ?? ''})`
+    }`,
+    `other local file images: ${
+      copy === undefined
+        ? 'refused (disks.copy unset)'
+        : `copied by ${copy.method} (destination root ${copy.remoteRoot})`
+    }`,
+  ];
 }
