@@ -1,0 +1,87 @@
+// Focused specifications of the engine defects the fault model found in its second
+// 1,000,000-schedule run (seeds 1,000,001..2,000,000; the seeds themselves are regressions in
+// migration-fault-seeds.test.ts), on the simulated host in real time.
+import { afterEach, describe, expect, it } from 'vitest';
+import { defaultConfig, type DevMigrateConfig } from '../../src/config/schema.js';
+import { DeviceRegistry } from '../../src/devices/registry.js';
+import type { DeviceMigrator, DeviceMigratorFactory, ToolTracking } from '../../src/devices/types.js';
+import { TOOL_TOKEN_ENV } from '../../src/migration/tool-processes.js';
+import { SimWorld } from '../sim/world.js';
+
+const AUTO = { id: 'j1', target: 'host-b', mode: 'auto', suspend: 'agent', live: '1' };
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+async function until(what: string, pred: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > end) throw new Error(`not within ${ms} ms: ${what}`);
+    await sleep(5);
+  }
+}
+function fastConfig(): DevMigrateConfig {
+  const c = defaultConfig();
+  Object.assign(c.timeouts, {
+    suspendAckMs: 300,
+    suspendMs: 1500,
+    recoverMs: 2000,
+    killGraceMs: 100,
+    stepIdleMs: 5000,
+  });
+  return c;
+}
+function registryWith(f: DeviceMigratorFactory): (c: DevMigrateConfig) => DeviceRegistry {
+  return (c) => {
+    const r = new DeviceRegistry(c);
+    r.register('vbd', f);
+    return r;
+  };
+}
+
+let world: SimWorld | undefined;
+afterEach(async () => {
+  await world?.agent?.engine.stop();
+  for (const g of world?.guests.values() ?? []) g.stop();
+  world = undefined;
+});
+
+describe('seed 1212228: a late end of an earlier tool does not unrecord the running recover tool', () => {
+  it("sync's tool reports its end after recover's tool recorded itself: the record still names recover's tool", async () => {
+    const w = (world = new SimWorld());
+    await w.addDomain(5);
+    const RECORD = '/tool/devmigrate/holding/5/tools/vbd/51712';
+    let syncTool: ToolTracking | undefined;
+    let recoverToken: string | undefined;
+    let seenWhileRecoverRuns: string | undefined = 'not looked';
+    const factory: DeviceMigratorFactory = {
+      inspect: () => Promise.resolve({}),
+      create: (): DeviceMigrator => ({
+        policy: 'tooled',
+        test: () => Promise.resolve({ ok: true }),
+        preSuspend: () => Promise.resolve(),
+        postSuspend: () => Promise.resolve(),
+        // The sync tool never answers: the phase times out and its op is abandoned.
+        sync: async (ctx) => {
+          syncTool = await ctx.toolProcess?.();
+          await new Promise(() => undefined);
+        },
+        recover: async (ctx) => {
+          const t = await ctx.toolProcess?.();
+          recoverToken = t?.env[TOOL_TOKEN_ENV];
+          // The abandoned sync op finally sees its tool end, after recover's tool was recorded.
+          syncTool?.ended();
+          await sleep(200);
+          seenWhileRecoverRuns = w.store.value(RECORD);
+          t?.ended();
+        },
+      }),
+    };
+    const cfg = fastConfig();
+    cfg.timeouts.syncMs = 300;
+    await w.startAgent(cfg, registryWith(factory));
+    w.request(5, AUTO);
+    await until('job final', () => /^(failed|aborted)$/.test(w.job(5, 'state') ?? ''), 10_000);
+    expect(recoverToken).toBeDefined();
+    // A crash now would leave the recover tool running: the next agent must find its record.
+    expect(seenWhileRecoverRuns).toMatch(new RegExp(`^${(recoverToken ?? '').replace(/\./g, '\\.')}:`));
+    await until('record removed at the end', () => w.store.value(RECORD) === undefined, 2000);
+  });
+});
