@@ -430,6 +430,14 @@ export class MigrationEngine {
 
   /** restoreHeld for one domain (also when its job directory disappears with no run in memory). */
   private async restoreHeldJob(domid: number): Promise<void> {
+    // A run of ours holds the domain: it writes its own nodes (whole again after a removal).
+    if (this.jobs.has(domid)) return;
+    // This agent's own writes for the domain (the end of a run let go when its directory was
+    // removed: state, recovered, the holding record removed) land before anything is read: the
+    // decision must see what they leave. Read before them, the record still looks held, and the
+    // job that just ended would be written `recovering` again over its `failed` (fault model
+    // seed 1614641).
+    await this.writers.get(domid)?.flush();
     const path = holdingPath(domid);
     const [value, perms, state, accepted] = await Promise.all([
       this.xs.tryRead(path),
@@ -445,6 +453,7 @@ export class MigrationEngine {
         await this.xs.rm(path).catch(() => undefined);
       return;
     }
+    if (this.jobs.has(domid)) return; // a job of ours began meanwhile
     this.jlog(domid).warn(
       `job ${domid}: its directory was removed (or replaced) while no agent ran it, and job ${held.jobId} had changed something: recovering it`,
     );

@@ -85,3 +85,58 @@ describe('seed 1212228: a late end of an earlier tool does not unrecord the runn
     await until('record removed at the end', () => w.store.value(RECORD) === undefined, 2000);
   });
 });
+
+describe("seed 1614641: a held domain is judged after this agent's own pending writes", () => {
+  it('the directory is removed while the end of its job is still being written: no second recovery, failed stays failed', async () => {
+    const w = (world = new SimWorld());
+    await w.addDomain(5);
+    const factory: DeviceMigratorFactory = {
+      inspect: () => Promise.resolve({}),
+      create: (): DeviceMigrator => ({
+        policy: 'failing',
+        test: () => Promise.resolve({ ok: true }),
+        preSuspend: () => Promise.reject(new Error('pre-suspend broke')),
+        recover: () => Promise.resolve(),
+      }),
+    };
+    const states: string[] = [];
+    w.store.onWrite = (rec) => {
+      if (rec.path === '/tool/devmigrate/jobs/5/state' && rec.op === 'write') states.push(rec.value ?? '');
+    };
+    // The job's end (state=failed, recovered=1, the holding record removed: one transaction) is
+    // answered late by a busy xenstored.
+    let slowed = false;
+    w.store.faults = (conn, op, path) => {
+      if (
+        !slowed &&
+        conn.name === 'agent-1' &&
+        op === 'write' &&
+        path === '/tool/devmigrate/jobs/5/recovered'
+      ) {
+        slowed = true;
+        return { kind: 'delay', ms: 1500 };
+      }
+      return { kind: 'ok' };
+    };
+    let ended = false;
+    await w.startAgent(fastConfig(), registryWith(factory), {
+      onJobEvent: (ev) => {
+        if (ev.type === 'state' && ev.to === 'failed') ended = true;
+      },
+    });
+    w.request(5, AUTO);
+    await until('the run ended (in memory)', () => ended);
+    expect(w.store.value('/tool/devmigrate/holding/5')).toBeDefined(); // its removal is still pending
+    // The requester removes the directory (the run is let go), then makes and removes it again:
+    // the second removal finds no run of ours, and the holding record still there.
+    w.store.remove('/tool/devmigrate/jobs/5');
+    await sleep(100);
+    w.store.put('/tool/devmigrate/jobs/5', '');
+    await sleep(100);
+    w.store.remove('/tool/devmigrate/jobs/5');
+    await until('the end landed', () => w.store.value('/tool/devmigrate/holding/5') === undefined, 5000);
+    await sleep(500);
+    expect(states.slice(states.indexOf('failed'))).toEqual(['failed']);
+    expect(w.job(5, 'state')).toBe('failed');
+  });
+});

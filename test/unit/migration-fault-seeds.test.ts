@@ -10,8 +10,9 @@ const SEEDS = [
   1941474, 1169612, 1310852, 1324234, 1408571, 1439344, 1529099, 1607085, 1738033, 1772823, 1907585,
   // The second run (seeds 1,000,001..2,000,000; migration-fault-seed-bugs.test.ts has each as a
   // focused specification): 1212228, an earlier tool's late end removed the record of the
-  // running recover tool.
-  1212228,
+  // running recover tool; 1614641, a held domain judged before this agent's own pending end of
+  // its job: failed -> recovering.
+  1212228, 1614641,
 ];
 
 describe('fault model regressions', () => {
