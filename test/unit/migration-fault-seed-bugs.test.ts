@@ -6,7 +6,7 @@ import { defaultConfig, type DevMigrateConfig } from '../../src/config/schema.js
 import { DeviceRegistry } from '../../src/devices/registry.js';
 import type { DeviceMigrator, DeviceMigratorFactory, ToolTracking } from '../../src/devices/types.js';
 import { TOOL_TOKEN_ENV } from '../../src/migration/tool-processes.js';
-import { SimWorld } from '../sim/world.js';
+import { DOM0_ONLY, SimWorld } from '../sim/world.js';
 
 const AUTO = { id: 'j1', target: 'host-b', mode: 'auto', suspend: 'agent', live: '1' };
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -138,5 +138,33 @@ describe("seed 1614641: a held domain is judged after this agent's own pending w
     await sleep(500);
     expect(states.slice(states.indexOf('failed'))).toEqual(['failed']);
     expect(w.job(5, 'state')).toBe('failed');
+  });
+});
+
+describe('seeds 1878504 and 1188951: pieces of a removed job directory brought back by late writes of a crashed agent', () => {
+  it('no request, no state, only nodes the agent writes, no holding record: the next agent removes them', async () => {
+    const w = (world = new SimWorld());
+    await w.addDomain(5);
+    await w.addDomain(6);
+    // What the crashed agent left: the requester removed jobs/5 while its job was testing, and the
+    // agent's device update, timeline note and progress, sent before it saw the removal, made the
+    // directory again; it died before writing the job's nodes whole.
+    w.store.put('/tool/devmigrate/jobs/5/devices/vbd/51712/state', 'tested', DOM0_ONLY);
+    w.store.put('/tool/devmigrate/jobs/5/timeline/test', '1 2', DOM0_ONLY);
+    w.store.put('/tool/devmigrate/jobs/5/progress', '1/1', DOM0_ONLY);
+    w.control(5, 'recover'); // a requester's control into it changes nothing
+    // A requester's own directory with no request yet is not the agent's to touch.
+    w.store.put('/tool/devmigrate/jobs/6', '', DOM0_ONLY);
+    const factory: DeviceMigratorFactory = {
+      inspect: () => Promise.resolve({}),
+      create: (): DeviceMigrator => ({ policy: 'none' }),
+    };
+    await w.startAgent(fastConfig(), registryWith(factory));
+    await until('the pieces are gone', () => !w.store.nodes.has('/tool/devmigrate/jobs/5'), 3000);
+    await sleep(200);
+    expect(w.store.nodes.has('/tool/devmigrate/jobs/6')).toBe(true);
+    // The domain's next request is served as usual.
+    w.request(5, AUTO);
+    await until('done', () => w.job(5, 'state') === 'done', 5000);
   });
 });
