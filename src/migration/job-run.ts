@@ -743,10 +743,10 @@ export class JobRun {
   /**
    * Records a device's tool in the job's holding record BEFORE it runs (token + boot id,
    * awaited; the token marks its processes), then its process group and start time once
-   * spawned; the record goes when it has ended. A crashed agent's successor stops it first.
+   * spawned; the record goes when it has ended (see toolRecordNodes). A crashed agent's
+   * successor stops it first.
    */
   private async toolProcess(slot: DeviceSlot): Promise<ToolTracking> {
-    const { type, devid } = slot.dev.ref;
     const rec: ToolProcessRecord = { token: newToolToken(), bootId: this.deps.processes.bootId() };
     slot.tools.add(rec);
     try {
