@@ -430,6 +430,14 @@ export class MigrationEngine {
 
   /** restoreHeld for one domain (also when its job directory disappears with no run in memory). */
   private async restoreHeldJob(domid: number): Promise<void> {
+    // A run of ours holds the domain: it writes its own nodes (whole again after a removal).
+    if (this.jobs.has(domid)) return;
+    // This agent's own writes for the domain (the end of a run let go when its directory was
+    // removed: state, recovered, the holding record removed) land before anything is read: the
+    // decision must see what they leave. Read before them, the record still looks held, and the
+    // job that just ended would be written `recovering` again over its `failed` (fault model
+    // seed 1614641).
+    await this.writers.get(domid)?.flush();
     const path = holdingPath(domid);
     const [value, perms, state, accepted] = await Promise.all([
       this.xs.tryRead(path),
@@ -445,6 +453,7 @@ export class MigrationEngine {
         await this.xs.rm(path).catch(() => undefined);
       return;
     }
+    if (this.jobs.has(domid)) return; // a job of ours began meanwhile
     this.jlog(domid).warn(
       `job ${domid}: its directory was removed (or replaced) while no agent ran it, and job ${held.jobId} had changed something: recovering it`,
     );
@@ -459,6 +468,47 @@ export class MigrationEngine {
           : undefined,
       error: 'the job directory was removed while no agent ran it',
     });
+  }
+
+  /**
+   * A job directory with neither request nor state, but nodes only the agent writes (devices,
+   * progress, timeline, ...): pieces of a job whose directory the requester removed while it ran,
+   * brought back by the agent's own writes sent before it saw the removal (device updates and
+   * timeline notes go as plain writes, and XenStore creates the missing directory), whose agent
+   * then died before writing the job's nodes whole. Nothing would ever answer it (no request, no
+   * state: it looks like a request not written yet), and a requester waiting for a final state
+   * would wait forever (fault model seeds 1878504 and 1188951). If the job held the domain (a
+   * holding record), it is recovered as any job whose directory went while no agent ran it;
+   * otherwise it had changed nothing (a job holds the domain from its first mutating step to its
+   * end): the pieces are removed, the "or not at all" of a directory removed while its job ran.
+   * One transaction, so that a request (or state) written meanwhile is never removed.
+   */
+  private async dropDebris(key: string): Promise<void> {
+    const domid = domidOfKey(key);
+    if (domid !== undefined) {
+      if (this.jobs.has(domid)) return;
+      await this.restoreHeldJob(domid); // flushes this agent's own writes for the domain first
+    }
+    const base = jobPath(key);
+    const dropped = await this.xs.transaction(async (tx) => {
+      const names: string[] = await tx
+        .directory(base)
+        .catch((err: unknown) => (isXsErrno(err, 'ENOENT') ? [] : Promise.reject(err)));
+      this.readOps += 1;
+      if (names.includes('request') || names.includes('state')) return false;
+      // Only what the agent writes: a requester's directory with no request yet is left alone.
+      if (!names.some((n) => n !== 'control' && AGENT_NODES.includes(n))) return false;
+      if (domid !== undefined) {
+        this.readOps += 1;
+        if ((await tx.tryRead(holdingPath(domid))) !== undefined) return false;
+      }
+      await tx.rm(base);
+      return true;
+    });
+    if (dropped)
+      this.jlog(key).warn(
+        `job ${key}: removed what the agent had written into its directory after the requester removed it (no request, no state; the job had changed nothing)`,
+      );
   }
 
   /** Examines a job key; events arriving meanwhile cause one more pass, never a parallel one. */
@@ -655,6 +705,7 @@ export class MigrationEngine {
         this.handled.set(key, fp);
         await this.recoverOrphan(key, left, snap);
       }
+      if (snap.state === undefined && inMem === undefined && this.accepting) await this.dropDebris(key);
       return;
     }
     const fingerprint =

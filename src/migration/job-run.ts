@@ -743,14 +743,18 @@ export class JobRun {
   /**
    * Records a device's tool in the job's holding record BEFORE it runs (token + boot id,
    * awaited; the token marks its processes), then its process group and start time once
-   * spawned; the record goes when it has ended. A crashed agent's successor stops it first.
+   * spawned; the record goes when it has ended (see toolRecordNodes). A crashed agent's
+   * successor stops it first.
    */
   private async toolProcess(slot: DeviceSlot): Promise<ToolTracking> {
-    const { type, devid } = slot.dev.ref;
-    const path = holdingToolPath(this.domid, type, devid);
     const rec: ToolProcessRecord = { token: newToolToken(), bootId: this.deps.processes.bootId() };
-    await this.deps.writer.persistStrict({ [path]: formatToolProcess(rec) });
     slot.tools.add(rec);
+    try {
+      await this.deps.writer.persistStrict(this.toolRecordNodes(slot));
+    } catch (err) {
+      slot.tools.delete(rec);
+      throw err;
+    }
     let ended = false;
     return {
       env: { [TOOL_TOKEN_ENV]: rec.token },
@@ -759,14 +763,33 @@ export class JobRun {
         if (p === undefined || ended) return;
         rec.pgid = pid;
         rec.startTicks = p.startTicks;
-        void this.deps.writer.persist({ [path]: formatToolProcess(rec) });
+        void this.deps.writer.persist(this.toolRecordNodes(slot));
       },
       ended: () => {
         if (ended) return;
         ended = true;
         slot.tools.delete(rec);
-        void this.deps.writer.persist({ [path]: undefined });
+        void this.deps.writer.persist(this.toolRecordNodes(slot));
       },
+    };
+  }
+
+  /**
+   * The device's one record node, as it must be now: the newest tool of the device still tracked
+   * (a predecessor's record until that tool was stopped), removed when there is none. Every
+   * change of a device's tools writes this, never "its own" record or a blind removal: a tool
+   * of an earlier phase (stopped before recover, its op abandoned at a timeout) may report its
+   * end after the recover tool recorded itself, and its removal would leave the running recover
+   * tool unrecorded for the next agent (fault model seed 1212228). The writer keeps the order
+   * of the writes, so the last one sent is the device's current view.
+   */
+  private toolRecordNodes(slot: DeviceSlot): Record<string, string | undefined> {
+    const { type, devid } = slot.dev.ref;
+    let newest: ToolProcessRecord | undefined;
+    for (const rec of slot.tools) newest = rec; // insertion order: the last added is the newest
+    return {
+      [holdingToolPath(this.domid, type, devid)]:
+        newest !== undefined ? formatToolProcess(newest) : slot.predecessorTool,
     };
   }
 
@@ -1100,7 +1123,7 @@ export class JobRun {
     }
     if (slot.predecessorTool !== undefined) {
       slot.predecessorTool = undefined;
-      void this.deps.writer.persist({ [holdingToolPath(this.domid, type, devid)]: undefined });
+      void this.deps.writer.persist(this.toolRecordNodes(slot));
     }
     return undefined;
   }
