@@ -59,6 +59,13 @@ export interface MirrorConfig {
   qemuImg: string;
   /** write-blocking: every guest write completes on both sides (in sync once ready); background: the target trails. */
   copyMode: 'write-blocking' | 'background';
+  /**
+   * qemu-nbd's cache mode for the target. none (O_DIRECT): nothing of the target waits in the
+   * destination's page cache, so the flush when the job ends stays as small as the guest's last
+   * writes whatever the disk's size; writeback: through the page cache. A destination
+   * filesystem that refuses O_DIRECT gets writeback, with a warning.
+   */
+  targetCache: 'none' | 'writeback';
   /** Write over an image already at the destination path (default: refuse at test). */
   reuseExisting: boolean;
   /** Bound on each QMP exchange (connect + greeting + one command) and on the export's start. */
@@ -303,6 +310,7 @@ function validateMirror(v: unknown): MirrorConfig {
     'qemuNbd',
     'qemuImg',
     'copyMode',
+    'targetCache',
     'reuseExisting',
     'qmpTimeoutMs',
     'bandwidthBytesPerSec',
@@ -330,6 +338,10 @@ function validateMirror(v: unknown): MirrorConfig {
       m.copyMode === undefined
         ? 'write-blocking'
         : oneOf(m.copyMode, `${at}.copyMode`, ['write-blocking', 'background'] as const),
+    targetCache:
+      m.targetCache === undefined
+        ? 'none'
+        : oneOf(m.targetCache, `${at}.targetCache`, ['none', 'writeback'] as const),
     reuseExisting: m.reuseExisting === undefined ? false : bool(m.reuseExisting, `${at}.reuseExisting`),
     qmpTimeoutMs:
       m.qmpTimeoutMs === undefined ? 10_000 : int(m.qmpTimeoutMs, `${at}.qmpTimeoutMs`, 100, HOUR_MS),

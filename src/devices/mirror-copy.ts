@@ -183,12 +183,24 @@ export class MirrorDiskMigrator implements DeviceMigrator {
       format: this.disk.format,
       sizeBytes: this.virtualSize,
       lifetimeMs: this.timing.exportLifetimeMs,
+      cache: this.cfg.targetCache,
     });
     this.exp = exp;
     try {
       await exp.prepare({ ...this.bounds(ctx), reuse: this.cfg.reuseExisting });
       await exp.start(ctx.log, this.timing.killGraceMs);
-      await withQmp(this.endpoint(), (qmp) => this.startMirror(qmp, exp, ctx), ctx.signal);
+      try {
+        await withQmp(this.endpoint(), (qmp) => this.startMirror(qmp, exp, ctx), ctx.signal);
+      } catch (err) {
+        if (!exp.refusedDirectIo) throw err;
+        // Still nothing copied and the guest running: serve through the page cache instead.
+        ctx.log.warn(
+          `${ctx.job.target}:${this.destPath()}: the destination's filesystem refuses O_DIRECT (qemu-nbd --cache=none); serving the target with --cache=writeback: the flush when the job ends, in the guest's downtime, then grows with what the destination's page cache holds`,
+        );
+        exp.spec.cache = 'writeback';
+        await exp.start(ctx.log, this.timing.killGraceMs);
+        await withQmp(this.endpoint(), (qmp) => this.startMirror(qmp, exp, ctx), ctx.signal);
+      }
       await exp.notePid(this.bounds(ctx));
     } catch (err) {
       throw err instanceof DeviceOpError

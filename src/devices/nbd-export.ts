@@ -26,6 +26,8 @@ export interface ExportSpec {
   sizeBytes: number;
   /** Bound on the export's whole life (remote `timeout` and the local process). */
   lifetimeMs: number;
+  /** qemu-nbd's --cache (disks.mirror.targetCache, or writeback after a refused O_DIRECT). */
+  cache: 'none' | 'writeback';
 }
 
 interface Bounds {
@@ -39,7 +41,7 @@ interface Bounds {
  * destination under `timeout` (its life is bounded even if this host dies). Pure.
  */
 export function exportCommand(spec: ExportSpec, pidFile: string): { words: string[]; rshExtra: string[] } {
-  const { cfg, names, destPath, format, lifetimeMs } = spec;
+  const { cfg, names, destPath, format, lifetimeMs, cache } = spec;
   return {
     rshExtra: [
       '-o',
@@ -60,7 +62,7 @@ export function exportCommand(spec: ExportSpec, pidFile: string): { words: strin
       `--export-name=${names.exportName}`,
       // One client (the source QEMU); without --persistent qemu-nbd exits once it is gone.
       '--shared=1',
-      '--cache=writeback',
+      `--cache=${cache}`,
       '--discard=unmap',
       '--detect-zeroes=unmap',
       `--pid-file=${pidFile}`,
@@ -78,6 +80,19 @@ export class NbdExport {
   private remotePid: number | undefined;
 
   constructor(readonly spec: ExportSpec) {}
+
+  /**
+   * The export ended because the destination's filesystem refused O_DIRECT (qemu-nbd
+   * --cache=none on ramfs, or tmpfs before Linux 6.6: "Could not open '<image>': filesystem does
+   * not support O_DIRECT"; older QEMU said "Invalid argument").
+   */
+  get refusedDirectIo(): boolean {
+    return (
+      this.spec.cache === 'none' &&
+      this.tunnelEnd !== undefined &&
+      this.tunnelEnd.tail.some((l) => /Could not open .*(does not support O_DIRECT|Invalid argument)/.test(l))
+    );
+  }
 
   get pidFile(): string {
     return `${this.spec.names.remoteSocket.replace(/\.sock$/, '')}.pid`;

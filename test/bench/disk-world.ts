@@ -370,6 +370,7 @@ export function mirrorConfigFor(dir: string, over: Partial<MirrorConfig> = {}): 
     qemuNbd: '/usr/bin/qemu-nbd',
     qemuImg: '/usr/bin/qemu-img',
     copyMode: 'write-blocking',
+    targetCache: 'none',
     reuseExisting: false,
     // Also bounds the remote shell's commands: the stand-in is a node process per command, and a
     // loaded 2-core machine took over 5 s to start one. Tests of the bound set their own.

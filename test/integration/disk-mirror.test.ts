@@ -4,7 +4,7 @@
 // locally (test/support/fake-ssh.js: ssh's behaviour, -L forward included). The disk is found
 // and decided through the real registry and disk policy.
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -282,6 +282,35 @@ describe.skipIf(missing !== undefined)(
       // qemu-nbd saw its client leave and ended by itself; the old instance cleans the rest.
       await m.recover?.(ctx, 'preSuspend');
       expect(destinationLeftovers()).toEqual([]);
+    });
+
+    it('a destination filesystem without O_DIRECT: the target is served through the page cache, with a warning', async () => {
+      // qemu-nbd as it fails on ramfs, or tmpfs before Linux 6.6 (its message, measured on ramfs).
+      const nbd = join(dir, 'qemu-nbd-no-direct');
+      await writeFile(
+        nbd,
+        [
+          '#!/bin/sh',
+          'for a in "$@"; do last=$a; done',
+          'for a in "$@"; do',
+          `  [ "$a" = --cache=none ] && echo "qemu-nbd: Failed to blk_new_open '$last': Could not open '$last': filesystem does not support O_DIRECT" >&2 && exit 1`,
+          'done',
+          'exec /usr/bin/qemu-nbd "$@"',
+          '',
+        ].join('\n'),
+        { mode: 0o755 },
+      );
+      const m = qdisk(config({ qemuNbd: nbd }));
+      const ctx = opContext('localhost', log);
+      expect(await m.test?.(ctx)).toMatchObject({ ok: true });
+      await m.preSuspend?.(ctx);
+      await m.postSuspend?.(ctx);
+      await m.sync?.(ctx);
+      expect(filesEqual(image, dest), lines.join('\n')).toBe(true);
+      expect(lines.filter((l) => /refuses O_DIRECT .*--cache=writeback/.test(l))).toHaveLength(1);
+      expect(lines.some((l) => l.includes('--cache=writeback') && l.startsWith('warn'))).toBe(true);
+      expect(await sourceLeftovers()).toEqual([]);
+      expect(destinationLeftovers()).toEqual([`image ${dest}`]);
     });
 
     it('a hung guest QEMU is bounded: test and post-suspend fail within their QMP bound', async () => {

@@ -211,7 +211,10 @@ describe('the destination export', () => {
       format: 'raw' as const,
       sizeBytes: 1 << 30,
       lifetimeMs: 3_600_500,
+      cache: mirrorCfg.targetCache,
     };
+    // The default: O_DIRECT, nothing of the target left in the destination's page cache.
+    expect(mirrorCfg.targetCache).toBe('none');
     const cmd = exportCommand(spec, '/run/devmigrate/nbd-7-51712.pid');
     expect(remoteArgv(spec.shell, cmd.words, cmd.rshExtra)).toEqual({
       path: '/usr/bin/ssh',
@@ -234,7 +237,7 @@ describe('the destination export', () => {
         '--format=raw',
         '--export-name=devmigrate',
         '--shared=1',
-        '--cache=writeback',
+        '--cache=none',
         '--discard=unmap',
         '--detect-zeroes=unmap',
         '--pid-file=/run/devmigrate/nbd-7-51712.pid',
@@ -243,6 +246,11 @@ describe('the destination export', () => {
     });
     // No --persistent, no TCP: the export ends with its one client and listens on a socket only.
     expect(cmd.words.join(' ')).not.toMatch(/--persistent|-t\b|--port|--bind/);
+    // After a refused O_DIRECT (or when configured): through the page cache.
+    expect(exportCommand({ ...spec, cache: 'writeback' }, '/p').words).toContain('--cache=writeback');
+    expect(() => validateConfig({ disks: { mirror: { targetCache: 'unsafe' } } })).toThrow(
+      /disks\.mirror\.targetCache/,
+    );
   });
 });
 
@@ -317,7 +325,7 @@ describe('rsync final-pass estimate', () => {
 });
 
 describe('config keys of the disk methods', () => {
-  it('disks.mirror defaults: libxl socket and lock, ssh, write-blocking, no reuse', () => {
+  it('disks.mirror defaults: libxl socket and lock, ssh, write-blocking, O_DIRECT target, no reuse', () => {
     expect(mirrorCfg).toEqual({
       rsh: ['ssh', '-o', 'BatchMode=yes'],
       remoteRoot: '/',
@@ -328,6 +336,7 @@ describe('config keys of the disk methods', () => {
       qemuNbd: '/usr/bin/qemu-nbd',
       qemuImg: '/usr/bin/qemu-img',
       copyMode: 'write-blocking',
+      targetCache: 'none',
       reuseExisting: false,
       qmpTimeoutMs: 10_000,
       bandwidthBytesPerSec: 0,
