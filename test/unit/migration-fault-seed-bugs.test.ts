@@ -2,32 +2,13 @@
 // 1,000,000-schedule run (seeds 1,000,001..2,000,000; the seeds themselves are regressions in
 // migration-fault-seeds.test.ts), on the simulated host in real time.
 import { afterEach, describe, expect, it } from 'vitest';
-import { defaultConfig, type DevMigrateConfig } from '../../src/config/schema.js';
+import type { DevMigrateConfig } from '../../src/config/schema.js';
 import { DeviceRegistry } from '../../src/devices/registry.js';
 import type { DeviceMigrator, DeviceMigratorFactory, ToolTracking } from '../../src/devices/types.js';
 import { TOOL_TOKEN_ENV } from '../../src/migration/tool-processes.js';
+import { AUTO, fastConfig, sleep, stopWorld, until } from '../sim/spec-helpers.js';
 import { DOM0_ONLY, SimWorld } from '../sim/world.js';
 
-const AUTO = { id: 'j1', target: 'host-b', mode: 'auto', suspend: 'agent', live: '1' };
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-async function until(what: string, pred: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) throw new Error(`not within ${ms} ms: ${what}`);
-    await sleep(5);
-  }
-}
-function fastConfig(): DevMigrateConfig {
-  const c = defaultConfig();
-  Object.assign(c.timeouts, {
-    suspendAckMs: 300,
-    suspendMs: 1500,
-    recoverMs: 2000,
-    killGraceMs: 100,
-    stepIdleMs: 5000,
-  });
-  return c;
-}
 function registryWith(f: DeviceMigratorFactory): (c: DevMigrateConfig) => DeviceRegistry {
   return (c) => {
     const r = new DeviceRegistry(c);
@@ -38,8 +19,7 @@ function registryWith(f: DeviceMigratorFactory): (c: DevMigrateConfig) => Device
 
 let world: SimWorld | undefined;
 afterEach(async () => {
-  await world?.agent?.engine.stop();
-  for (const g of world?.guests.values() ?? []) g.stop();
+  await stopWorld(world);
   world = undefined;
 });
 
@@ -74,7 +54,7 @@ describe('seed 1212228: a late end of an earlier tool does not unrecord the runn
         },
       }),
     };
-    const cfg = fastConfig();
+    const cfg = fastConfig(100);
     cfg.timeouts.syncMs = 300;
     await w.startAgent(cfg, registryWith(factory));
     w.request(5, AUTO);
@@ -119,7 +99,7 @@ describe("seed 1614641: a held domain is judged after this agent's own pending w
       return { kind: 'ok' };
     };
     let ended = false;
-    await w.startAgent(fastConfig(), registryWith(factory), {
+    await w.startAgent(fastConfig(100), registryWith(factory), {
       onJobEvent: (ev) => {
         if (ev.type === 'state' && ev.to === 'failed') ended = true;
       },
@@ -159,7 +139,7 @@ describe('seeds 1878504 and 1188951: pieces of a removed job directory brought b
       inspect: () => Promise.resolve({}),
       create: (): DeviceMigrator => ({ policy: 'none' }),
     };
-    await w.startAgent(fastConfig(), registryWith(factory));
+    await w.startAgent(fastConfig(100), registryWith(factory));
     await until('the pieces are gone', () => !w.store.nodes.has('/tool/devmigrate/jobs/5'), 3000);
     await sleep(200);
     expect(w.store.nodes.has('/tool/devmigrate/jobs/6')).toBe(true);

@@ -7,15 +7,14 @@ import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { defaultConfig, type DevMigrateConfig } from '../../src/config/schema.js';
+import type { DevMigrateConfig } from '../../src/config/schema.js';
 import { DeviceRegistry } from '../../src/devices/registry.js';
 import type { DeviceMigrator, DeviceMigratorFactory, Phase } from '../../src/devices/types.js';
 import { DeviceOpError } from '../../src/devices/types.js';
+import { AUTO, fastConfig, sleep, stopWorld, until } from '../sim/spec-helpers.js';
 import { DOM0_ONLY, SimWorld, jobNode } from '../sim/world.js';
 
-const AUTO = { id: 'j1', target: 'host-b', mode: 'auto', suspend: 'agent', live: '1' };
 const STEPS = { ...AUTO, mode: 'steps' };
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface Script {
   /** Called when a device op starts (phase name or "recover:<phase>"). */
@@ -56,25 +55,7 @@ function registryOf(s: Script): (c: DevMigrateConfig) => DeviceRegistry {
     return r;
   };
 }
-function fastConfig(): DevMigrateConfig {
-  const c = defaultConfig();
-  Object.assign(c.timeouts, {
-    suspendAckMs: 300,
-    suspendMs: 1500,
-    recoverMs: 2000,
-    killGraceMs: 200,
-    stepIdleMs: 5000,
-  });
-  return c;
-}
 
-async function until(what: string, pred: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) throw new Error(`not within ${ms} ms: ${what}`);
-    await sleep(5);
-  }
-}
 const FINAL = /^(refused|aborted|failed)$/;
 /** A process that exists and is not a zombie (nobody may reap orphans on this machine). */
 function running(pid: number): boolean {
@@ -87,8 +68,7 @@ function running(pid: number): boolean {
 
 let world: SimWorld | undefined;
 afterEach(async () => {
-  await world?.agent?.engine.stop();
-  for (const g of world?.guests.values() ?? []) g.stop();
+  await stopWorld(world);
   world = undefined;
 });
 
@@ -111,7 +91,7 @@ describe('bug 1: a failing domains.info() is not "the domain is gone"', () => {
       }
       return { kind: 'ok' };
     };
-    await w.startAgent(fastConfig(), registryOf(s));
+    await w.startAgent(fastConfig(200), registryOf(s));
     w.request(5, AUTO);
     await until('job final', () => FINAL.test(w.job(5, 'state') ?? ''));
     expect(w.job(5, 'state')).toBe('failed');
@@ -134,7 +114,7 @@ describe('bug 1: a failing domains.info() is not "the domain is gone"', () => {
       broken && caller.startsWith('agent') && call === 'info'
         ? { kind: 'error', errno: 'EFAULT' }
         : { kind: 'ok' };
-    await w.startAgent(fastConfig(), registryOf(s));
+    await w.startAgent(fastConfig(200), registryOf(s));
     w.request(5, AUTO);
     await until('job final', () => FINAL.test(w.job(5, 'state') ?? ''), 10_000);
     expect(w.job(5, 'state')).toBe('failed');
@@ -148,7 +128,7 @@ describe('bug 2: steps mode, past the suspension, never waits for a job slot', (
     const w = (world = new SimWorld());
     await w.addDomain(5);
     await w.addDomain(6);
-    const cfg = fastConfig();
+    const cfg = fastConfig(200);
     cfg.limits.maxJobs = 1;
     cfg.timeouts.syncMs = 200;
     const s: Script = { calls: [], delayMs: { preSuspend: 1500 } };
@@ -197,7 +177,7 @@ describe('bug 3: an agent restarted in "suspending" withdraws the leftover reque
     w.store.put('/local/domain/5/control/shutdown', 'suspend');
     leftBehind(w, 'suspending', `requested:${Date.now()}`);
     const s: Script = { calls: [] };
-    await w.startAgent(fastConfig(), registryOf(s));
+    await w.startAgent(fastConfig(200), registryOf(s));
     await until('job final', () => FINAL.test(w.job(5, 'state') ?? ''));
     await sleep(1700); // past the guest's slow ack
     expect(g.stats.acks).toBe(0);
@@ -213,7 +193,7 @@ describe('bug 3: an agent restarted in "suspending" withdraws the leftover reque
     w.store.put('/local/domain/5/control/shutdown', 'suspend');
     await until('guest acked', () => g.stats.acks === 1);
     leftBehind(w, 'suspending', `requested:${Date.now()}`);
-    await w.startAgent(fastConfig(), registryOf({ calls: [] }));
+    await w.startAgent(fastConfig(200), registryOf({ calls: [] }));
     await until('job final', () => FINAL.test(w.job(5, 'state') ?? ''), 5000);
     await sleep(300);
     expect(g.stats.suspends).toBe(1);
@@ -228,7 +208,7 @@ describe('bug 3: an agent restarted in "suspending" withdraws the leftover reque
     w.store.put('/local/domain/5/control/shutdown', 'suspend');
     await until('guest acked', () => g.stats.acks === 1);
     leftBehind(w, 'recovering', `acked:${Date.now()}`);
-    await w.startAgent(fastConfig(), registryOf({ calls: [] }));
+    await w.startAgent(fastConfig(200), registryOf({ calls: [] }));
     await until('job final', () => FINAL.test(w.job(5, 'state') ?? ''), 5000);
     await sleep(300);
     expect(w.hv.info(5)).toMatchObject({ shutdown: false, paused: false });
@@ -241,7 +221,7 @@ describe('bug 4: never unpause what the agent did not pause', () => {
     const w = (world = new SimWorld());
     await w.addDomain(5);
     const s: Script = { calls: [], on: (d, op) => (op === 'preSuspend' ? w.hv.adminPause(d) : undefined) };
-    await w.startAgent(fastConfig(), registryOf(s));
+    await w.startAgent(fastConfig(200), registryOf(s));
     w.request(5, AUTO);
     await until('job final', () => FINAL.test(w.job(5, 'state') ?? ''));
     expect(w.job(5, 'state')).toBe('failed');
@@ -258,7 +238,7 @@ describe('bug 4: never unpause what the agent did not pause', () => {
       failIn: 'postSuspend',
       on: (d, op) => (op === 'postSuspend' ? w.hv.adminPause(d) : undefined),
     };
-    await w.startAgent(fastConfig(), registryOf(s));
+    await w.startAgent(fastConfig(200), registryOf(s));
     w.request(5, AUTO);
     await until('job final', () => FINAL.test(w.job(5, 'state') ?? ''));
     expect(w.hv.domains.get(5)).toMatchObject({ shutdown: false, pauseCount: 1, resumes: 1 });
@@ -271,7 +251,7 @@ describe('bug 5: a job key with leading zeros is not a domain id', () => {
     const w = (world = new SimWorld());
     await w.addDomain(5);
     const s: Script = { calls: [], delayMs: { preSuspend: 300 } };
-    await w.startAgent(fastConfig(), registryOf(s));
+    await w.startAgent(fastConfig(200), registryOf(s));
     w.request(5, AUTO);
     await until('job 5 running', () => w.job(5, 'state') === 'pre-suspend');
     w.request('05', { ...AUTO, id: 'stray' });
@@ -347,7 +327,7 @@ exit 0
     await chmod(tool, 0o755);
     const w = (world = new SimWorld());
     await w.addDomain(5, { mode: 'normal' }, { 'vif/0': { mac: '00:16:3e:00:00:05' } });
-    const cfg = fastConfig();
+    const cfg = fastConfig(200);
     cfg.devices.vif = {
       tool: { path: tool, contract: 'external-device-migrate', timeoutMs: 60_000, passSubtype: false },
     };
