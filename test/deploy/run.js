@@ -29,7 +29,7 @@ function usage() {
   --scenarios  which scenarios host a runs, in order (default: ${DEFAULT_SCENARIOS.join(',')}; also $DEPLOY_SCENARIOS)
   --full       all of them: ${SCENARIOS.join(',')} (also DEPLOY_FULL=1); give it --timeout=1800 or more
   --timeout    bound on the QEMU run (default ${DEFAULT_TIMEOUT_S} s: the default set with a cold image stays under 20 minutes)
-  --smp        vCPUs of each emulated host and of its dom0 (default 1; the two QEMUs share the cores)
+  --smp        physical CPUs of each emulated Xen (default 2: dom0 on pCPU 0, the guest on pCPU 1; 1: both on one)
   --verbose    echo both serial consoles live (also DEPLOY_VERBOSE=1)`;
 }
 
@@ -39,7 +39,7 @@ function parseArgs(argv) {
     scenarios: (fromEnv ?? DEFAULT_SCENARIOS.join(',')).split(/[ ,]+/).filter(Boolean),
     chosen: fromEnv !== undefined,
     timeout: DEFAULT_TIMEOUT_S,
-    smp: 1,
+    smp: 2,
     verbose: process.env.DEPLOY_VERBOSE === '1',
   };
   for (const a of argv) {
@@ -182,10 +182,12 @@ async function main() {
         `DEPLOY_VERSION='${pkg.version}+deploy1'`,
         `DEPLOY_VERSION_NEWER='${pkg.version}+deploy2'`,
         `DEPLOY_SCENARIOS='${opts.scenarios.join(' ')}'`,
+        // The guests' pCPU (dom0 is pinned to pCPU 0; see lib/hosts.js).
+        `DEPLOY_GUEST_CPUS='${opts.smp > 1 ? '1' : '0'}'`,
         // Host a collects both hosts' journals by then even if a scenario hangs (wall clock: the
         // dom0s' clocks come from QEMU's RTC, i.e. this machine's).
         `DEPLOY_DEADLINE=${Math.floor(Date.now() / 1000 + opts.timeout - 75)}`,
-        'export DEPLOY_IMAGE DEPLOY_DEB DEPLOY_DEB_NEWER DEPLOY_VERSION DEPLOY_VERSION_NEWER DEPLOY_SCENARIOS DEPLOY_DEADLINE',
+        'export DEPLOY_IMAGE DEPLOY_DEB DEPLOY_DEB_NEWER DEPLOY_VERSION DEPLOY_VERSION_NEWER DEPLOY_SCENARIOS DEPLOY_GUEST_CPUS DEPLOY_DEADLINE',
         '',
       ].join('\n'),
     );

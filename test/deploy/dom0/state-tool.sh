@@ -22,7 +22,14 @@ done
 echo "$(date +%s.%N) step=$step host=$host name=$name recover=$rec domid=$DEVMIGRATE_DOMID job=$DEVMIGRATE_JOB_ID" >>"$LOG" 2>/dev/null
 S=$D/$name.state
 remote() { ssh -o BatchMode=yes "$host" "$@"; }
-refused() { remote "test -e $D/refuse-step-$1" && { echo "Error: destination $host refuses step $1 (test flag)"; exit 1; }; return 0; }
+# One ssh per step (each costs seconds of emulated CPU, in the guest's downtime at steps 2 and 3):
+# the destination's refusal flag is looked at by the same remote command, which then exits 3.
+refuse_check() { echo "if test -e $D/refuse-step-$1; then exit 3; fi"; }
+failed() {
+  [ "$1" = 3 ] && { echo "Error: destination $host refuses step $step (test flag)"; exit 1; }
+  echo "Error: $2"
+  exit 1
+}
 if [ $rec = 1 ]; then
   # After step 3 the state lives on the destination only: take it back first.
   if [ ! -s "$S" ]; then
@@ -36,14 +43,12 @@ for f in "$D/slow-step-$step-"*; do [ -e "$f" ] && sleep "${f##*-}"; done
 case $step in
   0) [ -s "$S" ] || { echo "Error: no device state $S"; exit 1; } ;;
   1 | 2)
-    refused "$step"
-    scp -q -o BatchMode=yes "$S" "$host:$D/$name.state.incoming" || { echo "Error: copy to $host failed"; exit 1; }
+    remote "$(refuse_check "$step"); cat >$D/$name.state.incoming" <"$S" || failed $? "copy to $host failed"
     ;;
   3)
-    refused 3
     sum=$(md5sum <"$S" | cut -d' ' -f1)
-    remote "[ \"\$(md5sum <$D/$name.state.incoming | cut -d' ' -f1)\" = $sum ] && mv $D/$name.state.incoming $D/$name.state" ||
-      { echo "Error: state on $host does not match"; exit 1; }
+    remote "$(refuse_check 3); [ \"\$(md5sum <$D/$name.state.incoming | cut -d' ' -f1)\" = $sum ] && mv $D/$name.state.incoming $D/$name.state" ||
+      failed $? "state on $host does not match"
     rm -f "$S"
     ;;
   *) echo "Error: unknown step $step"; exit 1 ;;
