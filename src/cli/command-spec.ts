@@ -121,7 +121,7 @@ export const COMMANDS: readonly CommandSpec[] = [
     summary:
       'Migrate a domain with xl migrate -p, its devices driven by the agent, then unpause it at the destination',
     details: [
-      'Writes a job (mode auto, suspend=toolstack) and waits until the agent has tested and prepared every device; runs `xl migrate -p [-s CMD] <domain> <[user@]host>` (no shell); the agent starts post-suspend the moment xl suspends the guest; once xl returned and the devices are synced (job done) it unpauses the guest at the destination through the same remote shell (`<CMD> <[user@]host> xl unpause <domain>`). It ends with a summary: outcome, total time, downtime, time per phase, bytes copied.',
+      "Writes a job (mode auto, suspend=toolstack) and waits until the agent has tested and prepared every device; runs `xl migrate -p [-s CMD] <domain> <[user@]host>` (no shell); the agent starts post-suspend the moment xl suspends the guest; once xl reported the target's startup and the devices are synced (job done) it unpauses the guest at the destination through the same remote shell (`<CMD> <[user@]host>` running `xl unpause <domain>`), started with xl and waiting on its input, so that the guest does not wait for ssh to start. It ends with a summary: outcome, total time, downtime, time per phase, bytes copied.",
       "Ctrl-C (SIGINT; also SIGTERM, SIGHUP) before xl's point of no return aborts the job: xl is made to fail (its transport is stopped, and xl resumes the guest at the source), the devices are recovered, and the command exits 130. Past xl's point of no return (the destination acknowledged the memory) nothing can be undone: it says exactly where the guest is and goes on to the unpause; a second Ctrl-C leaves at once with the steps still to take (exit 5).",
       'The job is kept after the migration so that `devmigrate status` and `devmigrate report` can show it (--no-keep-job removes it); of the finished jobs of domains that left this host, the 16 newest are kept.',
     ],
@@ -160,7 +160,8 @@ export const COMMANDS: readonly CommandSpec[] = [
         value: 'CMD',
         defaultText: '<ssh-command> {host} xl unpause',
         complete: 'command',
-        describe: 'Run as: CMD <domain> once the devices are synced; {host} becomes the [user@]host given',
+        describe:
+          'Run as: CMD <domain> once the devices are synced (started then, not in advance); {host} becomes the [user@]host given',
       },
       {
         name: 'live',

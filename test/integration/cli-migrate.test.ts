@@ -179,6 +179,8 @@ describe('devmigrate migrate: Ctrl-C and abort against the stand-in xl', () => {
       'interrupted, but xl is past its point of no return: late is suspended here (renamed late--migratedaway) and host-b holds its memory',
     );
     expect(m.output()).toContain('migrated late to host-b; it is running there');
+    // The unpause went through the remote shell started with xl (remote-command.ts), not a new one.
+    expect(m.output()).toContain('unpausing at the destination (remote shell connected while xl ran)');
     expect(await atDestination('late')).toBe('running');
     expect(await xs.tryRead(`${J(3)}/state`)).toBe('done');
   }, 60_000);
@@ -203,12 +205,20 @@ describe('devmigrate migrate: Ctrl-C and abort against the stand-in xl', () => {
         'host-b',
       ),
     );
-    // xl (its own process group) finishes the move: paused there, as the hint says.
+    // xl (its own process group) finishes the move: paused there, as the hint says; the unpause's
+    // remote shell, started with xl, ended with this command without its word.
     await until(J(4), async () => (await xs.tryRead(`${J(4)}/state`)) === 'done', 'done');
     const deadline = Date.now() + 20_000;
     while ((await atDestination('later')) !== 'paused' && Date.now() < deadline)
       await new Promise((r) => setTimeout(r, 100));
     expect(await atDestination('later')).toBe('paused');
+    // xl writes its last line after the destination's startup, once it removed the source.
+    const logDeadline = Date.now() + 20_000;
+    while (
+      !(await readFile(xlLog ?? '', 'utf8')).includes('Migration successful.') &&
+      Date.now() < logDeadline
+    )
+      await new Promise((r) => setTimeout(r, 100));
     expect(await readFile(xlLog ?? '', 'utf8')).toContain('Migration successful.');
     await rm(xlLog ?? '', { force: true });
   }, 60_000);

@@ -4,7 +4,6 @@
 // the destination. (3) Once the devices are synced (done), unpause it there through the same
 // remote shell. (4) Print the summary. Ctrl-C before xl's point of no return aborts everything
 // (xl resumes the guest here); past it, the command says where the guest is and goes on.
-import { spawn } from 'node:child_process';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -32,6 +31,7 @@ import { expand, parseDestination, type Destination } from '../target.js';
 import { domainState, resumeIfSuspended } from '../domain-state.js';
 import { failureOfOutput, startXl, type XlResult, type XlRun } from '../xl-run.js';
 import { figures } from '../../migration/timeline.js';
+import { ArmedCommand, armedUnpauseScript, runBounded, type RunResult } from '../remote-command.js';
 
 export { expand, parseCommand } from '../target.js';
 
@@ -49,37 +49,6 @@ export interface MigrateArgs {
   timeoutMs: number;
   /** Keep the finished job for status and report (default); false removes it. */
   keepJob?: boolean;
-}
-
-interface RunResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  output: string;
-}
-
-/** A short command on the destination (the unpause): argv, no shell, bounded. */
-function run(argv: readonly string[], timeoutMs: number): Promise<RunResult> {
-  return new Promise((resolve) => {
-    const [cmd, ...rest] = argv;
-    if (cmd === undefined) return resolve({ code: 127, signal: null, output: 'empty command' });
-    // Its own process group: a Ctrl-C at the terminal must not cut the unpause in half.
-    const child = spawn(cmd, rest, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    let output = '';
-    const keep = (b: Buffer): void => {
-      output = (output + b.toString()).slice(-16_384);
-    };
-    child.stdout.on('data', keep);
-    child.stderr.on('data', keep);
-    const timer = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      resolve({ code: 127, signal: null, output: `${output}${err.message}` });
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, output });
-    });
-  });
 }
 
 function lastLines(text: string, n = 5): string[] {
@@ -121,6 +90,8 @@ class Migration {
   private readonly display: LiveDisplay;
   private readonly ssh: string[];
   private xl: XlRun | undefined;
+  /** The default unpause, its remote shell started while xl runs (remote-command.ts). */
+  private armed: ArmedCommand | undefined;
   /** An interrupt past the point of no return was answered already: later stages do not repeat it. */
   private declined = false;
 
@@ -154,6 +125,7 @@ class Migration {
     try {
       out = await this.stages();
     } finally {
+      this.armed?.disarm();
       this.display.end();
       this.ctx.interrupt?.onRepeat(undefined);
     }
@@ -251,6 +223,11 @@ class Migration {
     const argv = this.xlArgv();
     this.say(`devices ready; running: ${shown(argv)}`);
     await writeToolstackMark(this.xs, this.dom.domid, 'migrateStart');
+    // The default unpause goes through the remote shell xl uses: started now, it is connected
+    // and waiting by the time the guest is paused at the destination. A custom
+    // --unpause-command runs at the moment, as given.
+    if (this.args.unpauseCommand === undefined)
+      this.armed = new ArmedCommand([...this.ssh, this.dest.spec, armedUnpauseScript(this.dom.name)]);
     const xl = startXl(
       argv,
       this.args.timeoutMs,
@@ -483,12 +460,7 @@ class Migration {
         ],
       };
     }
-    const unpause = [
-      ...expand(this.args.unpauseCommand ?? [...this.ssh, '{host}', 'xl', 'unpause'], this.dest.spec),
-      this.dom.name,
-    ];
-    this.say(`devices synced; unpausing at the destination: ${shown(unpause)}`);
-    const up = await run(unpause, UNPAUSE_TIMEOUT_MS);
+    const up = await this.unpause();
     if (up.code === 0) await writeToolstackMark(this.xs, this.dom.domid, 'unpaused').catch(() => undefined);
     const xlEnd = await xlPending;
     if (xlEnd !== undefined && xlEnd.code !== 0) {
@@ -515,6 +487,33 @@ class Migration {
       };
     }
     return { code: ExitCode.OK, msg: `migrated ${this.dom.name} to ${this.dest.spec}; it is running there` };
+  }
+
+  /** The unpause at the destination: the armed remote shell if it is still waiting, else run now. */
+  private async unpause(): Promise<RunResult> {
+    const armed = this.armed;
+    if (armed?.ready) {
+      this.say(
+        `devices synced; unpausing at the destination (remote shell connected while xl ran): ${this.remote('xl', 'unpause', this.dom.name)}`,
+      );
+      const up = await armed.fire(UNPAUSE_TIMEOUT_MS);
+      if (up.code === 0) return up;
+      // Its remote side may not be a POSIX shell, or the connection dropped after the word:
+      // one ordinary run decides (xl refuses to unpause a guest that runs already: said so).
+      this.say(
+        `the connected unpause failed (${lastLines(up.output, 1)[0] ?? `exit ${up.code ?? up.signal}`}); running it again`,
+      );
+    } else if (armed !== undefined) {
+      const early = await armed.endedEarly();
+      const why = lastLines(early?.output ?? '', 1)[0] ?? `exit ${early?.code ?? early?.signal ?? '?'}`;
+      this.say(`the remote shell started for the unpause ended early (${why}); starting it now`);
+    }
+    const unpause = [
+      ...expand(this.args.unpauseCommand ?? [...this.ssh, '{host}', 'xl', 'unpause'], this.dest.spec),
+      this.dom.name,
+    ];
+    this.say(`devices synced; unpausing at the destination: ${shown(unpause)}`);
+    return runBounded(unpause, UNPAUSE_TIMEOUT_MS);
   }
 
   /** Stage 4: the summary, then the job kept (pruned) or removed. */

@@ -63,9 +63,11 @@ if [ "\$step" = 3 ] && [ \$rec = 0 ] && [ -f $SLOW_FLAG ]; then
 fi
 echo "e2e vif tool: step \$step ok"
 EOF
-# rsync's remote shell and xl's "ssh" for localhost: drop the host name, run the command here.
+# rsync's remote shell for localhost: drop the host name, run the command here. xl's "ssh" does
+# what ssh does with its words (joins them for the remote shell): devmigrate's unpause, connected
+# while xl runs, is a shell command line ("read -r w && ... && exec xl unpause <guest>").
 printf '#!/bin/sh\nshift\nexec "$@"\n' >$RSH
-cp $RSH $SSH
+printf '#!/bin/sh\nshift\nexec sh -c "$*"\n' >$SSH
 # The agent's rsync: the real one, except for the test of the test (f): while $SKIP_FINAL exists
 # every second call (a job's final pass, in the guest's downtime) copies nothing and says ok.
 cat >$RSYNC <<EOF
@@ -301,7 +303,7 @@ scenario_c() {
   watch_source "$old" /tmp/e2e-c-times &
   watcher=$!
   # xl's own -s, through devmigrate: xl runs "$SSH localhost xl migrate-receive -p", and the unpause
-  # goes through the same remote shell ("$SSH localhost xl unpause <guest>").
+  # goes through the same remote shell, started with xl ("$SSH localhost 'read -r w && ... xl unpause e2e-guest'").
   "$E2E_NODE" "$cli" migrate --keep-job --timeout 300 -s "$SSH" \
     "$GUEST" localhost >/tmp/devmigrate-migrate.out 2>&1
   rc=$?
@@ -312,6 +314,8 @@ scenario_c() {
   sed 's/^/  | /' /tmp/devmigrate-migrate.out
   cat /tmp/e2e-c-times
   [ $rc -eq 0 ] || jfail "$old" "(c) devmigrate migrate exited $rc after ${took}s: $(tail -n 1 /tmp/devmigrate-migrate.out)"
+  grep -q 'remote shell connected while xl ran' /tmp/devmigrate-migrate.out ||
+    jfail "$old" "(c) the unpause did not go through the remote shell connected while xl ran"
   new=$(guest_domid)
   [ -n "$new" ] || jfail "$old" "(c) no $GUEST after the migration"
   [ "$new" != "$old" ] || jfail "$old" "(c) domid unchanged ($old)"

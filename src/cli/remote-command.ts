@@ -1,0 +1,134 @@
+// Commands `devmigrate migrate` runs at the destination: one run at the moment (argv, no local
+// shell, bounded), and the unpause ARMED in advance. The guest is paused at the destination from
+// xl's last memory round until the unpause; starting the remote shell only then (ssh's process,
+// its session, the remote login shell, each an exec on a dom0 busy with the migration) put
+// seconds into the guest's downtime that plain `xl migrate` does not have: its receiver unpauses
+// the guest itself. So the remote shell is started while xl still sends the memory and waits on
+// its standard input; one line "unpause" makes it exec `xl unpause <domain>` there. Anything
+// else (end of input: we disarmed or died, the connection dropped) ends it without unpausing.
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  output: string;
+}
+
+const KEEP_OUTPUT = 16_384;
+
+/** A short command on the destination: argv, no shell, bounded. */
+export function runBounded(argv: readonly string[], timeoutMs: number): Promise<RunResult> {
+  return new Promise((resolve) => {
+    const [cmd, ...rest] = argv;
+    if (cmd === undefined) return resolve({ code: 127, signal: null, output: 'empty command' });
+    // Its own process group: a Ctrl-C at the terminal must not cut it in half.
+    const child = spawn(cmd, rest, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    let output = '';
+    const keep = (b: Buffer): void => {
+      output = (output + b.toString()).slice(-KEEP_OUTPUT);
+    };
+    child.stdout.on('data', keep);
+    child.stderr.on('data', keep);
+    const timer = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      resolve({ code: 127, signal: null, output: `${output}${err.message}` });
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, output });
+    });
+  });
+}
+
+/** A word quoted for a POSIX shell (the remote side's: ssh hands it a command line). */
+export function shellQuote(word: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
+/** The word the armed remote shell waits for; anything else leaves the guest paused. */
+export const UNPAUSE_WORD = 'unpause';
+
+/**
+ * The remote command line of the armed unpause: POSIX sh, as ssh runs it on the destination.
+ * `read` returns non-zero at end of input, so a connection that ends without the word never
+ * reaches xl.
+ */
+export function armedUnpauseScript(domain: string): string {
+  return `read -r w && [ "$w" = ${UNPAUSE_WORD} ] && exec xl unpause ${shellQuote(domain)}`;
+}
+
+/**
+ * The remote shell of the unpause, started early (`<remote shell> <host> <armed script>`). fire()
+ * sends the word and waits (bounded) for the command's end; disarm() ends its input and kills
+ * it after a grace period. `ready` is false once it ended on its own before fire(): the caller
+ * then runs the unpause the ordinary way.
+ */
+export class ArmedCommand {
+  private readonly child: ChildProcessWithoutNullStreams | undefined;
+  private readonly ended: Promise<RunResult>;
+  private exited = false;
+  private fired = false;
+  private output = '';
+
+  constructor(readonly argv: readonly string[]) {
+    const [cmd, ...rest] = argv;
+    if (cmd === undefined) {
+      this.exited = true;
+      this.ended = Promise.resolve({ code: 127, signal: null, output: 'empty command' });
+      return;
+    }
+    // Its own process group, like runBounded: a Ctrl-C at the terminal must not reach it.
+    const child = spawn(cmd, rest, { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+    this.child = child;
+    const keep = (b: Buffer): void => {
+      this.output = (this.output + b.toString()).slice(-KEEP_OUTPUT);
+    };
+    child.stdout.on('data', keep);
+    child.stderr.on('data', keep);
+    // A remote side that is gone makes our writes fail with EPIPE: seen as its end, not thrown.
+    child.stdin.on('error', () => undefined);
+    this.ended = new Promise((resolve) => {
+      child.on('error', (err) => {
+        this.exited = true;
+        resolve({ code: 127, signal: null, output: `${this.output}${err.message}` });
+      });
+      child.on('close', (code, signal) => {
+        this.exited = true;
+        resolve({ code, signal, output: this.output });
+      });
+    });
+  }
+
+  /** Still waiting for the word (its remote shell is up or coming up). */
+  get ready(): boolean {
+    return !this.exited && !this.fired;
+  }
+
+  /** What it said and how it ended, when it ended on its own (for the log). */
+  async endedEarly(): Promise<RunResult | undefined> {
+    return this.exited && !this.fired ? this.ended : undefined;
+  }
+
+  async fire(timeoutMs: number): Promise<RunResult> {
+    if (this.child === undefined || !this.ready) return this.ended;
+    this.fired = true;
+    this.child.stdin.end(`${UNPAUSE_WORD}\n`);
+    const timer = setTimeout(() => this.child?.kill('SIGTERM'), timeoutMs);
+    try {
+      return await this.ended;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Ends its input without the word; the remote side exits without unpausing. */
+  disarm(graceMs = 5_000): void {
+    if (this.child === undefined || this.exited) return;
+    this.fired = true;
+    this.child.stdin.end();
+    const timer = setTimeout(() => this.child?.kill('SIGTERM'), graceMs);
+    timer.unref();
+    void this.ended.then(() => clearTimeout(timer));
+  }
+}
