@@ -59,6 +59,21 @@ export function armedUnpauseScript(domain: string): string {
 }
 
 /**
+ * The argv of the armed unpause: `<remote shell> <[user@]host> <armed script>`. xl's default
+ * remote shell (no -s) is ssh, given BatchMode here: it starts beside xl's own ssh, and a
+ * password prompt of its own would interleave with xl's on the terminal; without a key it ends
+ * at once and the unpause is run the ordinary way at the end. A -s command is used as given.
+ */
+export function armedUnpauseArgv(
+  sshCommand: readonly string[] | undefined,
+  destination: string,
+  domain: string,
+): string[] {
+  const shell = sshCommand ?? ['ssh', '-o', 'BatchMode=yes'];
+  return [...shell, destination, armedUnpauseScript(domain)];
+}
+
+/**
  * The remote shell of the unpause, started early (`<remote shell> <host> <armed script>`). fire()
  * sends the word and waits (bounded) for the command's end; disarm() ends its input and kills
  * it after a grace period. `ready` is false once it ended on its own before fire(): the caller

@@ -7,7 +7,13 @@ import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ArmedCommand, armedUnpauseScript, runBounded, shellQuote } from '../../src/cli/remote-command.js';
+import {
+  ArmedCommand,
+  armedUnpauseArgv,
+  armedUnpauseScript,
+  runBounded,
+  shellQuote,
+} from '../../src/cli/remote-command.js';
 
 let dir: string;
 let ssh: string;
@@ -45,6 +51,27 @@ describe('shellQuote', () => {
     expect(shellQuote('a b')).toBe("'a b'");
     expect(shellQuote("it's;rm -rf /")).toBe("'it'\\''s;rm -rf /'");
     expect(shellQuote('$(reboot)')).toBe("'$(reboot)'");
+  });
+});
+
+describe('armedUnpauseArgv', () => {
+  it("xl's default remote shell gets BatchMode (no second password prompt beside xl's)", () => {
+    expect(armedUnpauseArgv(undefined, 'root@host-b', 'web01')).toEqual([
+      'ssh',
+      '-o',
+      'BatchMode=yes',
+      'root@host-b',
+      'read -r w && [ "$w" = unpause ] && exec xl unpause web01',
+    ]);
+  });
+  it('a -s command is used as given', () => {
+    expect(armedUnpauseArgv(['ssh', '-p', '2222'], 'host-b', 'web 01')).toEqual([
+      'ssh',
+      '-p',
+      '2222',
+      'host-b',
+      `read -r w && [ "$w" = unpause ] && exec xl unpause 'web 01'`,
+    ]);
   });
 });
 

@@ -31,7 +31,7 @@ import { expand, parseDestination, type Destination } from '../target.js';
 import { domainState, resumeIfSuspended } from '../domain-state.js';
 import { failureOfOutput, startXl, type XlResult, type XlRun } from '../xl-run.js';
 import { figures } from '../../migration/timeline.js';
-import { ArmedCommand, armedUnpauseScript, runBounded, type RunResult } from '../remote-command.js';
+import { ArmedCommand, armedUnpauseArgv, runBounded, type RunResult } from '../remote-command.js';
 
 export { expand, parseCommand } from '../target.js';
 
@@ -227,7 +227,7 @@ class Migration {
     // and waiting by the time the guest is paused at the destination. A custom
     // --unpause-command runs at the moment, as given.
     if (this.args.unpauseCommand === undefined)
-      this.armed = new ArmedCommand([...this.ssh, this.dest.spec, armedUnpauseScript(this.dom.name)]);
+      this.armed = new ArmedCommand(armedUnpauseArgv(this.args.sshCommand, this.dest.spec, this.dom.name));
     const xl = startXl(
       argv,
       this.args.timeoutMs,
