@@ -15,14 +15,15 @@ const REPO = path.resolve(HERE, '../..');
 const CACHE = path.join(HERE, 'cache');
 const SCENARIOS = ['install', 'a', 'b', 'c', 'd', 'e', 'remove'];
 /** What a run without --scenarios/--full does (CI's `npm run test:deploy`), and why. */
-const DEFAULT_SCENARIOS = ['install', 'b'];
+const DEFAULT_SCENARIOS = ['install', 'a', 'b', 'd'];
 const DEFAULT_WHY =
-  'a, c, d, e and remove are left out by default: on this 2-core machine boot took 60-150 s, ' +
-  'install 83-152 s, b (guest created, then a refused migration) 270-395 s emulated, the upgrade (e) ' +
-  'of host a alone 290 s, and the first migration of a over 10 minutes (docs/deploy-e2e.md, Figures), ' +
-  'so only install and b fit the 20 minutes CI has for the whole deployment run; --full runs every scenario';
-/** Bound on the QEMU run: with a cold image (about 3 minutes) and the packages, under 20 minutes. */
-const DEFAULT_TIMEOUT_S = 960;
+  'c (systemctl stop mid-job), e (upgrade) and remove are left out by default: on this 2-core ' +
+  'machine (2026-11-29 night) boot took 52-66 s, install 67-101 s, a (guest created, devmigrate ' +
+  'a->b, plain xl back) 246-400 s, b 50-165 s, c 234 s, d 101-170 s, e 80 s, remove 70 s emulated: ' +
+  'install,a,b,d take about 13 minutes, every scenario about 21 (docs/deploy-e2e.md, Figures), and ' +
+  'CI has 20 minutes for the whole deployment run; --full runs every scenario';
+/** Bound on the QEMU run: the default set takes about 13 minutes; a cold image adds about 3. */
+const DEFAULT_TIMEOUT_S = 1080;
 
 function usage() {
   return `usage: node test/deploy/run.js [--full | --scenarios=install,a,b,...] [--timeout=seconds] [--verbose]

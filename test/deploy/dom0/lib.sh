@@ -87,8 +87,10 @@ console_mark() { on "$1" "sh /mnt/host/test/deploy/dom0/consoles.sh mark"; }
 console_new() { on "$1" "sh /mnt/host/test/deploy/dom0/consoles.sh new"; }
 # last_seq <host>: the guest's last acknowledged disk write in all of its console logs there.
 last_seq() { on "$1" "cat /var/log/xen/console/guest-$GUEST*.log 2>/dev/null" | grep -o 'disk-wrote seq=[0-9]*' | awk -F= '{ if ($2 > m) m = $2 } END { print m + 0 }'; }
-# last_t <host>: the guest's clock in its last line there (seconds).
-last_t() { on "$1" "cat /var/log/xen/console/guest-$GUEST*.log 2>/dev/null" | tr -d '\r' | awk '$1 == "t" { t = $2 } END { print t + 0 }'; }
+# last_t <host>: the guest's latest clock there (seconds): the largest value of its console logs.
+# Not the last line: a guest that came back by xl migrate logs to guest-<name>--incoming.log,
+# beside the file of its first stay, and the glob reads that older file last.
+last_t() { on "$1" "cat /var/log/xen/console/guest-$GUEST*.log 2>/dev/null" | tr -d '\r' | awk '$1 == "t" && $2 + 0 > t { t = $2 + 0 } END { print t + 0 }'; }
 ticks_on() { awk -v a="$2" -v b="$(last_t "$1")" 'BEGIN { exit !(b > a) }'; }
 
 # largest_gap_ms <file...>: the largest step between consecutive guest clock values ("t <s>")

@@ -233,7 +233,8 @@ sc_a() {
     "wait_until 120 'running_on $A' && absent_on $B"
   metric xl_downtime_ms "$xl"
   metric xl_downtime_raw_ms "$GAP_MS"
-  on $B "scp -q $STATE $A:$STATE && rm -f $STATE"
+  # b keeps nothing of the guest: its disk copy would make the next migration's rsync refuse.
+  on $B "scp -q $STATE $A:$STATE && rm -f $STATE $DISK"
   echo "  downtime (guest's view): devmigrate ${DM_GAP} ms (a->b), plain xl ${xl} ms (b->a); ratio $(awk -v a=$DM_GAP -v b=$xl 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "?" }')"
 }
 
@@ -267,6 +268,7 @@ sc_c() {
   [ -n "$(where)" ] || create_guest
   running_on $src || { check "c:guest-on-$src" "the guest must run on $src first" false; return; }
   old=$(domid_on $src)
+  on $dst "rm -f $DISK $STATE $STATE.incoming"
   on $src "touch $DEV/slow-step-1-40"
   on $src "nohup devmigrate migrate --keep-job --timeout 600 --migrate-command $TOOLS/xl-migrate-timed --unpause-command '$TOOLS/unpause-timed {host}' $GUEST $dst >/run/deploy-c.out 2>&1; echo \$? >/run/deploy-c.rc" &
   # The command's start and the test phase (rsync's destination probe, the tool's step 0 over ssh)
@@ -297,6 +299,7 @@ sc_d() {
   [ -n "$(where)" ] || create_guest
   running_on $src || { check "d:guest-on-$src" "the guest must run on $src first" false; return; }
   old=$(domid_on $src)
+  on $dst "rm -f $DISK $STATE $STATE.incoming"
   on $src "touch $DEV/slow-step-3-40"
   pid0=$(on $src "systemctl show -P MainPID xen-devmigrate")
   n0=$(on $src "systemctl show -P NRestarts xen-devmigrate")
