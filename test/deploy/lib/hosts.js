@@ -55,7 +55,7 @@ export function bootHost(o) {
   // stalls the other's IPIs and spinlocks (docs/deploy-e2e.md, Figures). An idle pCPU costs
   // nothing here: its QEMU thread sleeps in hlt.
   const smp = o.smp ?? 2;
-  const xen = `console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 dom0_vcpus_pin loglvl=warning guest_loglvl=warning spec-ctrl=no noreboot`;
+  const xen = `console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=${o.dom0Vcpus ?? 1} dom0_vcpus_pin loglvl=warning guest_loglvl=warning spec-ctrl=no noreboot`;
   const args = [
     '-accel',
     'tcg,thread=multi',
