@@ -6,7 +6,7 @@
 // the guest itself. So the remote shell is started while xl still sends the memory and waits on
 // its standard input; one line "unpause" makes it exec `xl unpause <domain>` there. Anything
 // else (end of input: we disarmed or died, the connection dropped) ends it without unpausing.
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 
 export interface RunResult {
   code: number | null;
@@ -16,29 +16,42 @@ export interface RunResult {
 
 const KEEP_OUTPUT = 16_384;
 
-/** A short command on the destination: argv, no shell, bounded. */
-export function runBounded(argv: readonly string[], timeoutMs: number): Promise<RunResult> {
-  return new Promise((resolve) => {
-    const [cmd, ...rest] = argv;
-    if (cmd === undefined) return resolve({ code: 127, signal: null, output: 'empty command' });
-    // Its own process group: a Ctrl-C at the terminal must not cut it in half.
-    const child = spawn(cmd, rest, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    let output = '';
-    const keep = (b: Buffer): void => {
-      output = (output + b.toString()).slice(-KEEP_OUTPUT);
-    };
-    child.stdout.on('data', keep);
-    child.stderr.on('data', keep);
-    const timer = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      resolve({ code: 127, signal: null, output: `${output}${err.message}` });
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, output });
-    });
+/**
+ * Starts argv (no shell) in its own process group, so that a Ctrl-C at the terminal does not cut
+ * it in half; `ended` resolves with how it ended and the last 16 KiB of its output, never rejects.
+ */
+function startCollecting(
+  argv: readonly string[],
+  stdin: 'ignore' | 'pipe',
+): { child: ChildProcess | undefined; ended: Promise<RunResult> } {
+  const [cmd, ...rest] = argv;
+  if (cmd === undefined)
+    return { child: undefined, ended: Promise.resolve({ code: 127, signal: null, output: 'empty command' }) };
+  const child = spawn(cmd, rest, { stdio: [stdin, 'pipe', 'pipe'], detached: true });
+  let output = '';
+  const keep = (b: Buffer): void => {
+    output = (output + b.toString()).slice(-KEEP_OUTPUT);
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  // A remote side that is gone makes our writes fail with EPIPE: seen as its end, not thrown.
+  child.stdin?.on('error', () => undefined);
+  const ended = new Promise<RunResult>((resolve) => {
+    child.on('error', (err) => resolve({ code: 127, signal: null, output: `${output}${err.message}` }));
+    child.on('close', (code, signal) => resolve({ code, signal, output }));
   });
+  return { child, ended };
+}
+
+/** A short command on the destination: argv, no shell, bounded. */
+export async function runBounded(argv: readonly string[], timeoutMs: number): Promise<RunResult> {
+  const { child, ended } = startCollecting(argv, 'ignore');
+  const timer = setTimeout(() => child?.kill('SIGTERM'), timeoutMs);
+  try {
+    return await ended;
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** A word quoted for a POSIX shell (the remote side's: ssh hands it a command line). */
@@ -80,39 +93,15 @@ export function armedUnpauseArgv(
  * then runs the unpause the ordinary way.
  */
 export class ArmedCommand {
-  private readonly child: ChildProcessWithoutNullStreams | undefined;
+  private readonly child: ChildProcess | undefined;
   private readonly ended: Promise<RunResult>;
   private exited = false;
   private fired = false;
-  private output = '';
 
   constructor(readonly argv: readonly string[]) {
-    const [cmd, ...rest] = argv;
-    if (cmd === undefined) {
-      this.exited = true;
-      this.ended = Promise.resolve({ code: 127, signal: null, output: 'empty command' });
-      return;
-    }
-    // Its own process group, like runBounded: a Ctrl-C at the terminal must not reach it.
-    const child = spawn(cmd, rest, { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
-    this.child = child;
-    const keep = (b: Buffer): void => {
-      this.output = (this.output + b.toString()).slice(-KEEP_OUTPUT);
-    };
-    child.stdout.on('data', keep);
-    child.stderr.on('data', keep);
-    // A remote side that is gone makes our writes fail with EPIPE: seen as its end, not thrown.
-    child.stdin.on('error', () => undefined);
-    this.ended = new Promise((resolve) => {
-      child.on('error', (err) => {
-        this.exited = true;
-        resolve({ code: 127, signal: null, output: `${this.output}${err.message}` });
-      });
-      child.on('close', (code, signal) => {
-        this.exited = true;
-        resolve({ code, signal, output: this.output });
-      });
-    });
+    ({ child: this.child, ended: this.ended } = startCollecting(argv, 'pipe'));
+    if (this.child === undefined) this.exited = true;
+    void this.ended.then(() => (this.exited = true));
   }
 
   /** Still waiting for the word (its remote shell is up or coming up). */
@@ -128,7 +117,7 @@ export class ArmedCommand {
   async fire(timeoutMs: number): Promise<RunResult> {
     if (this.child === undefined || !this.ready) return this.ended;
     this.fired = true;
-    this.child.stdin.end(`${UNPAUSE_WORD}\n`);
+    this.child.stdin?.end(`${UNPAUSE_WORD}\n`);
     const timer = setTimeout(() => this.child?.kill('SIGTERM'), timeoutMs);
     try {
       return await this.ended;
@@ -141,7 +130,7 @@ export class ArmedCommand {
   disarm(graceMs = 5_000): void {
     if (this.child === undefined || this.exited) return;
     this.fired = true;
-    this.child.stdin.end();
+    this.child.stdin?.end();
     const timer = setTimeout(() => this.child?.kill('SIGTERM'), graceMs);
     timer.unref();
     void this.ended.then(() => clearTimeout(timer));
