@@ -167,20 +167,29 @@ describe('memory returned by libxenstore', () => {
     const base = `/ffi-sync/mem`;
     await xs.write(`${base}/v`, Buffer.alloc(3000, 0x61));
     for (let i = 0; i < 20; i++) await xs.write(`${base}/d/child-with-a-long-name-${i}`, '');
-    // Warm up, then measure the main arena across many calls: a leak of each 3 KB value alone
-    // would show as ~6 MB. Only synchronous calls allocate in the main arena (pool threads
-    // malloc in their own arenas, which mallinfo2 does not count), hence the sync client here;
-    // both modes share the same decode-and-free code (takeBytes/takeStrings).
-    for (let i = 0; i < 50; i++) await xs.read(`${base}/v`);
-    const before = allocated();
-    for (let i = 0; i < 2000; i++) {
-      await xs.read(`${base}/v`);
-      await xs.directory(`${base}/d`);
-      await xs.getPerms(`${base}/v`);
-      await xs.getDomainPath(i % 100);
+    // Warm up every call measured, then measure the main arena across many calls: a leak of
+    // each 3 KB value alone would show as ~6 MB a window. Only synchronous calls allocate in
+    // the main arena (pool threads malloc in their own arenas, which mallinfo2 does not count),
+    // hence the sync client here; both modes share the same decode-and-free code
+    // (takeBytes/takeStrings). Two windows, the smaller growth counts: a leak grows in every
+    // window, while one-off growth (V8 tiering up a function, an internal table resizing: 631
+    // KB once in a loaded fresh chroot, with only reads warmed up) shows in one.
+    const round = async (n: number): Promise<void> => {
+      for (let i = 0; i < n; i++) {
+        await xs.read(`${base}/v`);
+        await xs.directory(`${base}/d`);
+        await xs.getPerms(`${base}/v`);
+        await xs.getDomainPath(i % 100);
+      }
+    };
+    await round(300);
+    const windows: number[] = [];
+    for (let w = 0; w < 2; w++) {
+      const before = allocated();
+      await round(2000);
+      windows.push(allocated() - before);
     }
-    const grown = allocated() - before;
-    expect(grown).toBeLessThan(512 * 1024);
+    expect(Math.min(...windows)).toBeLessThan(512 * 1024);
     expect((await xs.read(`${base}/v`)).length).toBe(3000);
   });
 });
