@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { buildRootfs } from './lib/rootfs.js';
 import { bootHost, freeUdpPorts, PANIC_RE } from './lib/hosts.js';
 import { parseMarkers, judge, excerpts, summary } from './lib/report.js';
+import { profileReport } from './lib/profile.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, '../..');
@@ -32,6 +33,7 @@ function usage() {
   --timeout    bound on the QEMU run (default ${DEFAULT_TIMEOUT_S} s: the default set with a cold image stays under 20 minutes)
   --smp        physical CPUs of each emulated Xen (default 2: dom0 on pCPU 0, the guest on pCPU 1; 1: both on one)
   --dom0-vcpus vCPUs of each dom0, pinned one per pCPU (default 1; 2 shares pCPU 1 with the guest: slower boots)
+  --profile    CPU per command on both hosts during each downtime of a (process accounting; lib/profile.js)
   --verbose    echo both serial consoles live (also DEPLOY_VERBOSE=1)`;
 }
 
@@ -43,6 +45,7 @@ function parseArgs(argv) {
     timeout: DEFAULT_TIMEOUT_S,
     smp: 2,
     dom0Vcpus: 1,
+    profile: process.env.DEPLOY_PROFILE === '1',
     verbose: process.env.DEPLOY_VERBOSE === '1',
   };
   for (const a of argv) {
@@ -55,6 +58,7 @@ function parseArgs(argv) {
     } else if (a.startsWith('--timeout=')) opts.timeout = Number(a.slice(10));
     else if (a.startsWith('--smp=')) opts.smp = Number(a.slice(6));
     else if (a.startsWith('--dom0-vcpus=')) opts.dom0Vcpus = Number(a.slice(13));
+    else if (a === '--profile') opts.profile = true;
     else if (a === '--verbose' || a === '-v') opts.verbose = true;
     else {
       console.error(usage());
@@ -169,6 +173,9 @@ async function main() {
     newer: buildDeb(runDir, `${pkg.version}+deploy2`),
   }));
   makeKeys(path.join(runDir, 'keys'));
+  // --profile: the dom0 image has no acct package; a static helper switches accounting on.
+  if (opts.profile)
+    execFileSync('gcc', ['-static', '-O2', '-o', path.join(runDir, 'acctctl'), path.join(HERE, 'tools/acctctl.c')]);
   const fromDom0 = (p) => path.posix.join('/mnt/host', path.relative(REPO, p));
 
   const show = (name) => (t, text) => {
@@ -197,10 +204,11 @@ async function main() {
         `DEPLOY_SCENARIOS='${opts.scenarios.join(' ')}'`,
         // The guests' pCPU (dom0 is pinned to pCPU 0; see lib/hosts.js).
         `DEPLOY_GUEST_CPUS='${opts.smp > 1 ? '1' : '0'}'`,
+        `DEPLOY_PROFILE=${opts.profile ? 1 : 0}`,
         // Host a collects both hosts' journals by then even if a scenario hangs (wall clock: the
         // dom0s' clocks come from QEMU's RTC, i.e. this machine's).
         `DEPLOY_DEADLINE=${Math.floor(Date.now() / 1000 + opts.timeout - 75)}`,
-        'export DEPLOY_IMAGE DEPLOY_DEB DEPLOY_DEB_NEWER DEPLOY_VERSION DEPLOY_VERSION_NEWER DEPLOY_SCENARIOS DEPLOY_GUEST_CPUS DEPLOY_DEADLINE',
+        'export DEPLOY_IMAGE DEPLOY_DEB DEPLOY_DEB_NEWER DEPLOY_VERSION DEPLOY_VERSION_NEWER DEPLOY_SCENARIOS DEPLOY_GUEST_CPUS DEPLOY_PROFILE DEPLOY_DEADLINE',
         '',
       ].join('\n'),
     );
@@ -265,6 +273,10 @@ async function main() {
   for (const [name, s] of timings) console.log(`  ${name.padEnd(34)} ${s.toFixed(1)}s`);
   console.log('');
   for (const l of summary(parsed)) console.log(l);
+  if (opts.profile) {
+    console.log('');
+    for (const l of profileReport(runDir)) console.log(l);
+  }
   const total = ((Date.now() - START) / 1000).toFixed(0);
   if (problems.length === 0) log(`PASS (${total} s in all); logs in ${path.relative(process.cwd(), runDir)}`);
   else {

@@ -100,6 +100,20 @@ largest_gap_ms() {
     awk 'NR > 1 { d = $1 - p; if (d > m) { m = d; at = p } } { p = $1 } END { printf "%d %s\n", m * 1000 + 0.5, at }'
 }
 
+# Console stamps (dom0/console-stamp.sh) on both hosts around a migration.
+stamps() { on $B "sh /mnt/host/test/deploy/dom0/console-stamp.sh $1 $2" & on $A "sh /mnt/host/test/deploy/dom0/console-stamp.sh $1 $2"; wait; }
+# wall_gap_ms <tag> <host b's clock minus a's, ms>: the guest's largest clock step, measured
+# instead by when dom0s logged the lines around it (host a's clock; each guest line counts at
+# the first host that logged it): "<ms> <guest clock before> <after>".
+wall_gap_ms() {
+  {
+    on $A "cat /mnt/run/a/console-stamp-$1.log" | awk -v off=0 'NR == 1 { e = $2; u = $3; next } $2 == "t" { printf "%s %.3f\n", $3, e + ($1 - u) - off / 1000 }'
+    on $B "cat /mnt/run/b/console-stamp-$1.log" | awk -v off="$2" 'NR == 1 { e = $2; u = $3; next } $2 == "t" { printf "%s %.3f\n", $3, e + ($1 - u) - off / 1000 }'
+  } 2>/dev/null | sort -k1,1n -k2,2n | awk '$1 != p { print; p = $1 }' |
+    awk 'NR > 1 && $1 - pt > m { m = $1 - pt; g = $2 - pw; a = pt; b = $1 } { pt = $1; pw = $2 }
+      END { if (m > 0) printf "%d %s %s\n", g * 1000 + 0.5, a, b; else print "? ? ?" }'
+}
+
 # clock_offset_ms <host>: that host's wall clock minus ours (ms) and the round trip it was read
 # with, the fastest of 6 over ONE ssh session (a fresh ssh per sample costs a second emulated; 15
 # samples took 45 s emulated, so 6: the round trip bounds the error either way, and it is printed).

@@ -33,10 +33,29 @@ wait_until 300 "on $B true" || echo "DEPLOY-FAIL host-a cannot ssh to host-b"
 mkdir -p $TOOLS
 # Timed wrappers around xl for devmigrate migrate (--migrate-command / --unpause-command): they
 # record when xl ran, on this host's clock, for the downtime breakdown.
+cat >$TOOLS/xl-lines <<'EOF'
+#!/bin/sh
+# xl-lines <file> <command...>: runs the command; every line it writes to stderr (xl's stages,
+# the receiver's included) is passed on at once and recorded in <file> with the host's uptime
+# (a shell builtin: no process per line); the file's first line pairs uptime with wall time.
+out=$1
+shift
+read up _ </proc/uptime
+echo "epoch $(date +%s.%N) $up" >"$out"
+exec 3>&1
+{ "$@" 2>&1 1>&3 3>&-; echo $? >"$out.rc"; } | while IFS= read -r l; do
+  printf '%s\n' "$l" >&2
+  read up _ </proc/uptime
+  printf '%s %s\n' "$up" "$l" >>"$out"
+done
+rc=$(cat "$out.rc")
+rm -f "$out.rc"
+exit $rc
+EOF
 cat >$TOOLS/xl-migrate-timed <<'EOF'
 #!/bin/sh
 echo "xl-start $(date +%s.%N)" >>/run/deploy-times
-xl migrate -p "$@"
+/usr/local/lib/deploy-e2e/xl-lines /run/deploy-xl-lines.dm-ab xl migrate -p "$@"
 rc=$?
 echo "xl-end $(date +%s.%N) $rc" >>/run/deploy-times
 exit $rc
@@ -51,8 +70,8 @@ rc=$?
 echo "unpause-end $(date +%s.%N) $rc" >>/run/deploy-times
 exit $rc
 EOF
-chmod 755 $TOOLS/xl-migrate-timed $TOOLS/unpause-timed
-scp -q $CM $TOOLS/xl-migrate-timed $TOOLS/unpause-timed $B:$TOOLS/
+chmod 755 $TOOLS/xl-lines $TOOLS/xl-migrate-timed $TOOLS/unpause-timed
+scp -q $CM $TOOLS/xl-lines $TOOLS/xl-migrate-timed $TOOLS/unpause-timed $B:$TOOLS/
 
 # The agent's configuration on both hosts: the disk copied by rsync over ssh to the same path on
 # the destination, the vif through the stateful test tool. Generous timeouts: emulated hosts.
@@ -154,6 +173,24 @@ migrate_measure() {
   return $rc
 }
 
+# profile start|stop <tag>: with --profile (DEPLOY_PROFILE=1), process accounting and a
+# once-a-second /proc sampler on both hosts around a migration (dom0/profile.sh; the harness's
+# lib/profile.js reads them).
+profile() {
+  [ "${DEPLOY_PROFILE:-0}" = 1 ] || return 0
+  on $B "sh /mnt/host/test/deploy/dom0/profile.sh $1 $2" &
+  on $A "sh /mnt/host/test/deploy/dom0/profile.sh $1 $2"
+  wait
+}
+# xl_lines <host> <tag> <offset ms of that host's clock>: the xl-lines record of a migration as
+# "xl-line <wall time on host a> <line>", also kept as /mnt/run/<host>/xl-lines-<tag>.log.
+xl_lines() {
+  on $1 "cat /run/deploy-xl-lines.$2" >/run/deploy-xl-lines.$2.got 2>/dev/null || return 0
+  cp /run/deploy-xl-lines.$2.got /mnt/run/${1#host-}/xl-lines-$2.log
+  awk -v off="$3" 'NR == 1 { e = $2; u = $3; next }
+    { t = $1; $1 = ""; printf "  xl-line %s %.3f%s\n", tag, e + (t - u) - off / 1000, $0 }' tag="$2" /run/deploy-xl-lines.$2.got
+}
+
 sc_a() {
   local off rtt xl blocks verify s t_susp t_post t_sync t_xl_end t_unp_end t_xl_start
   if [ -z "$(where)" ]; then
@@ -175,8 +212,12 @@ sc_a() {
   since_j=$(date '+%Y-%m-%d %H:%M:%S')
   # The unpause is the command's own (no --unpause-command): its remote shell connected while
   # xl runs; its end is the job's toolstack/unpaused mark.
+  profile start dm-ab
+  stamps start dm-ab
   migrate_measure dm-ab $A "devmigrate migrate --keep-job --timeout 900 --migrate-command $TOOLS/xl-migrate-timed $GUEST $B"
   rc=$?
+  profile stop dm-ab
+  stamps stop dm-ab
   DM_GAP=$((GAP_MS - off))
   check "a:migrate-exit" "devmigrate migrate $GUEST $B exited $rc in ${MIG_SECONDS}s" "[ $rc -eq 0 ]"
   check "a:unpause-connected" "the unpause went through the remote shell connected while xl ran" \
@@ -204,6 +245,10 @@ sc_a() {
     "echo '$verify' | grep -q '\"ok\":true'"
   metric disk_blocks_verified "${blocks:-0}"
   metric downtime_ms "$DM_GAP"
+  set -- $(wall_gap_ms dm-ab "$off")
+  DM_WALL=$1
+  metric downtime_wall_ms "$DM_WALL"
+  echo "  dm-ab: the dom0s logged the guest's last line before its gap and the first after it $DM_WALL ms apart (guest clock $2 -> $3)"
   metric downtime_raw_ms "$GAP_MS"
 
   # Where the downtime went (host a's clock; zero = the agent saw the suspend).
@@ -227,8 +272,15 @@ sc_a() {
 
   # Reference: plain xl migrate of the same guest, back b -> a (a still has the disk image the
   # guest left there, as shared storage would; the device state is carried back by hand after).
-  migrate_measure xl-ba $B "xl migrate $GUEST $A"
+  profile start xl-ba
+  stamps start xl-ba
+  migrate_measure xl-ba $B "$TOOLS/xl-lines /run/deploy-xl-lines.xl-ba xl migrate $GUEST $A"
+  profile stop xl-ba
+  stamps stop xl-ba
   xl=$((GAP_MS + off))
+  # xl's lines with their times, both migrations on host a's clock (b's offset removed).
+  xl_lines $A dm-ab 0
+  xl_lines $B xl-ba "$off"
   check "a:xl-migrate" "plain xl migrate b->a in ${MIG_SECONDS}s; guest gap ${GAP_MS} ms raw, ${xl} ms clock-corrected" \
     "wait_until 120 'running_on $A' && absent_on $B"
   # The gap is only the downtime if the guest runs again: a guest whose kernel died on resume
@@ -237,10 +289,15 @@ sc_a() {
   check "a:xl-ticks-on-a" "after plain xl migrate the guest's clock advances on $A (the gap above is its downtime)" \
     "wait_until 60 'ticks_on $A $t'"
   metric xl_downtime_ms "$xl"
+  set -- $(wall_gap_ms xl-ba "$off")
+  XL_WALL=$1
+  metric xl_downtime_wall_ms "$XL_WALL"
+  echo "  xl-ba: the dom0s logged the guest's last line before its gap and the first after it $XL_WALL ms apart (guest clock $2 -> $3)"
   metric xl_downtime_raw_ms "$GAP_MS"
   # b keeps nothing of the guest: its disk copy would make the next migration's rsync refuse.
   on $B "scp -q $STATE $A:$STATE && rm -f $STATE $DISK"
   echo "  downtime (guest's view): devmigrate ${DM_GAP} ms (a->b), plain xl ${xl} ms (b->a); ratio $(awk -v a=$DM_GAP -v b=$xl 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "?" }')"
+  echo "  downtime (dom0s' log times): devmigrate ${DM_WALL} ms, plain xl ${XL_WALL} ms; ratio $(awk -v a="$DM_WALL" -v b="$XL_WALL" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else print "?" }')"
 }
 
 # --- b: the destination's tool refuses (pre-suspend), source a, destination b ---------------------
