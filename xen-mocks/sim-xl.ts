@@ -10,6 +10,7 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import type { Writable } from 'node:stream';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { getPriority } from 'node:os';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -38,6 +39,8 @@ const STREAM_TIMEOUT_MS = 30_000;
 const LAST_ROUND_MS = num('SIM_XL_LAST_ROUND_MS', Math.round(ROUND_MS / 6));
 /** Between "Target has acknowledged transfer" and the permission to start (a slow final handshake). */
 const ACK_DELAY_MS = num('SIM_XL_ACK_DELAY_MS', 0);
+/** How long the source's removal takes after the target's startup (libxl's destroy, hotplug). */
+const TEARDOWN_MS = num('SIM_XL_TEARDOWN_MS', 0);
 const execFileP = promisify(execFile);
 
 const say = (line: string): void => void process.stderr.write(`${line}\n`);
@@ -254,7 +257,10 @@ async function migrate(args: string[]): Promise<number> {
     }
     say('migration sender: Target reports successful startup.');
     await reap();
+    await sleep(TEARDOWN_MS);
     await destroyDomain(xs, env['XEN_SIM_STATE'] ?? '', dom.domid);
+    // The priority the removal ran at (a test reads it: devmigrate migrate lowers it).
+    if (env['SIM_XL_NICE_FILE']) await writeFile(env['SIM_XL_NICE_FILE'], `${getPriority()}\n`);
     say('Migration successful.');
     return 0;
   } finally {

@@ -8,6 +8,7 @@
 // suspended with nobody to resume it.
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readdirSync, readFileSync, readSync, watch, type FSWatcher } from 'node:fs';
+import { setPriority } from 'node:os';
 
 /** How far xl got, in order. */
 export type XlStage = 'sending' | 'acknowledged' | 'go' | 'started-at-target';
@@ -59,6 +60,12 @@ export interface XlRun {
    * acknowledged the transfer.
    */
   cancel(): CancelOutcome;
+  /**
+   * Lowers the CPU priority of xl and everything it runs (to nice 10) for what is left of its
+   * work: past the target's startup xl only removes the source domain, which the guest does not
+   * wait for, while the unpause at the destination is the end of its downtime.
+   */
+  yieldCpu(): void;
 }
 
 /** Direct children of a process (Linux /proc), with their command names. */
@@ -85,6 +92,38 @@ export function childrenOf(pid: number, procRoot = '/proc'): { pid: number; comm
   }
   return out;
 }
+
+/** A process and all of its descendants (one pass over /proc). */
+export function processTree(pid: number, procRoot = '/proc'): number[] {
+  const kids = new Map<number, number[]>();
+  let entries: string[];
+  try {
+    entries = readdirSync(procRoot);
+  } catch {
+    return [pid];
+  }
+  for (const e of entries) {
+    if (!/^[0-9]+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`${procRoot}/${e}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      kids.set(ppid, [...(kids.get(ppid) ?? []), Number(e)]);
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  const out: number[] = [];
+  const todo = [pid];
+  while (todo.length > 0 && out.length < 4096) {
+    const p = todo.pop() as number;
+    out.push(p);
+    todo.push(...(kids.get(p) ?? []));
+  }
+  return out;
+}
+
+/** Nice value for xl once only the source's removal is left (see XlRun.yieldCpu). */
+export const XL_TEARDOWN_NICE = 10;
 
 function killTree(pid: number, sig: NodeJS.Signals): void {
   for (const c of childrenOf(pid)) killTree(c.pid, sig);
@@ -219,5 +258,15 @@ export function startXl(argv: readonly string[], timeoutMs: number, logFile: str
     result,
     onStage: (cb) => listeners.push(cb),
     cancel: stopTransport,
+    yieldCpu: () => {
+      if (finished || child.pid === undefined) return;
+      for (const p of processTree(child.pid)) {
+        try {
+          setPriority(p, XL_TEARDOWN_NICE);
+        } catch {
+          // ended meanwhile, or not ours to change: it only costs the guest time
+        }
+      }
+    },
   };
 }

@@ -6,6 +6,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connectXenStore } from '../../src/xenstore/index.js';
@@ -73,6 +74,7 @@ describe('devmigrate migrate: Ctrl-C and abort against the stand-in xl', () => {
           guest(4, 'later'),
           guest(5, 'aborted'),
           { ...guest(6, 'deaf'), simMode: 'never-ack' } as HostDescription['guests'][number],
+          guest(7, 'prompt'),
         ],
       },
     });
@@ -183,6 +185,22 @@ describe('devmigrate migrate: Ctrl-C and abort against the stand-in xl', () => {
     expect(m.output()).toContain('unpausing at the destination (remote shell connected while xl ran)');
     expect(await atDestination('late')).toBe('running');
     expect(await xs.tryRead(`${J(3)}/state`)).toBe('done');
+  }, 60_000);
+
+  it("unpauses the moment xl reports the target's startup; xl's removal of the source yields the CPU", async () => {
+    const niceFile = join(dir, 'teardown-nice');
+    const m = migrate('prompt', { SIM_XL_TEARDOWN_MS: '4000', SIM_XL_NICE_FILE: niceFile });
+    // Running at the destination while xl still removes the source (4 s here): the guest does
+    // not wait for that removal.
+    const deadline = Date.now() + 45_000;
+    while ((await atDestination('prompt')) !== 'running' && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 50));
+    expect(await atDestination('prompt'), m.output()).toBe('running');
+    expect(existsSync(niceFile)).toBe(false);
+    expect(await m.exited, m.output()).toBe(0);
+    expect(m.output()).toContain('unpausing at the destination (remote shell connected while xl ran)');
+    // The removal ran at nice 10 (XL_TEARDOWN_NICE), below the unpause's ssh and this command.
+    expect((await readFile(niceFile, 'utf8')).trim()).toBe('10');
   }, 60_000);
 
   it('a second Ctrl-C there leaves at once with the steps still to take (5); xl finishes without us', async () => {

@@ -94,6 +94,10 @@ class Migration {
   private armed: ArmedCommand | undefined;
   /** An interrupt past the point of no return was answered already: later stages do not repeat it. */
   private declined = false;
+  /** The job as last seen while xl ran ('done' is final: once seen, it holds). */
+  private lastJob: JobView | undefined;
+  /** The unpause, when it went out the moment xl reported the target's startup. */
+  private earlyUnpause: Promise<RunResult> | undefined;
 
   constructor(
     private readonly ctx: CliContext,
@@ -251,7 +255,10 @@ class Migration {
       this.dom.domid,
       (j) => j === undefined || j.state === 'recovering' || (isFinal(j.state) && j.state !== 'done'),
       this.args.timeoutMs + 60_000,
-      (j) => this.display.update(j),
+      (j) => {
+        this.lastJob = j;
+        this.display.update(j);
+      },
       stopWatching.signal,
     ).then(
       (j) => {
@@ -303,6 +310,14 @@ class Migration {
       });
     });
     const res = await Promise.race([xl.result, left, startedAtTarget]);
+    if (res === 'started' && this.lastJob?.state === 'done') {
+      // Devices synced, the guest paused at the target: from here every moment is downtime. The
+      // unpause goes out before anything else (no new watch, no re-read of the job), and xl's
+      // removal of the source, seconds of dom0 CPU that the guest does not wait for, yields to
+      // it (measured on one-vCPU dom0s: the unpause waited behind that removal, docs/deploy-e2e.md).
+      this.earlyUnpause = this.unpause();
+      xl.yieldCpu();
+    }
     this.interrupt?.removeEventListener('abort', onInterrupt);
     stopWatching.abort();
     await jobWatch;
@@ -422,45 +437,14 @@ class Migration {
    * the unpause may come before it (xl reported the target's startup and is removing the source).
    */
   private async syncAndUnpause(xlPending?: Promise<XlResult>): Promise<Outcome> {
-    // Past xl's point of no return: Ctrl-C only says where the guest is; a second one leaves.
-    const leave = new AbortController();
-    const onInterrupt = (): void => {
-      this.say(
-        `interrupted, but ${this.whereNow()}; waiting for the devices, then unpausing it there (Ctrl-C again leaves now)`,
-      );
-      this.ctx.interrupt?.onRepeat(() => leave.abort(new InterruptedError('SIGINT')));
-    };
-    if (this.interrupt?.aborted) onInterrupt();
-    else this.interrupt?.addEventListener('abort', onInterrupt, { once: true });
-    let end: JobView | undefined;
-    try {
-      end = await waitForJob(
-        this.xs,
-        this.dom.domid,
-        (j) => isFinal(j?.state) || j === undefined,
-        this.args.timeoutMs,
-        (j) => this.display.update(j),
-        leave.signal,
-      );
-    } catch (err) {
-      if (err instanceof InterruptedError) return this.leftEarly();
-      if (!(err instanceof CliError) || err.code !== ExitCode.TIMEOUT) throw err;
-      end = await readJob(this.xs, this.dom.domid);
-    } finally {
-      this.interrupt?.removeEventListener('abort', onInterrupt);
+    let up: RunResult;
+    if (this.earlyUnpause !== undefined) {
+      up = await this.earlyUnpause;
+    } else {
+      const synced = await this.waitForSync();
+      if (synced.kind === 'outcome') return synced.outcome;
+      up = await this.unpause();
     }
-    if (end?.state !== 'done') {
-      return {
-        code: ExitCode.UNCERTAIN,
-        keep: true,
-        msg: `UNCERTAIN: xl moved ${this.dom.name} to ${this.dest.host} (left paused there) but the devices did not sync (job ${end?.state ?? 'unknown'})`,
-        hints: [
-          `on ${this.dest.host}: \`${this.remote('xl', 'list', this.dom.name)}\` shows the guest paused; do NOT unpause it until its disks are verified`,
-          `on this host: \`devmigrate status ${this.dom.domid}\` and the agent log (journalctl -u xen-devmigrate) name the failing device`,
-        ],
-      };
-    }
-    const up = await this.unpause();
     if (up.code === 0) await writeToolstackMark(this.xs, this.dom.domid, 'unpaused').catch(() => undefined);
     const xlEnd = await xlPending;
     if (xlEnd !== undefined && xlEnd.code !== 0) {
@@ -487,6 +471,50 @@ class Migration {
       };
     }
     return { code: ExitCode.OK, msg: `migrated ${this.dom.name} to ${this.dest.spec}; it is running there` };
+  }
+
+  /** Waits for the job to end; 'synced' when it is done. */
+  private async waitForSync(): Promise<{ kind: 'synced' } | { kind: 'outcome'; outcome: Outcome }> {
+    // Past xl's point of no return: Ctrl-C only says where the guest is; a second one leaves.
+    const leave = new AbortController();
+    const onInterrupt = (): void => {
+      this.say(
+        `interrupted, but ${this.whereNow()}; waiting for the devices, then unpausing it there (Ctrl-C again leaves now)`,
+      );
+      this.ctx.interrupt?.onRepeat(() => leave.abort(new InterruptedError('SIGINT')));
+    };
+    if (this.interrupt?.aborted) onInterrupt();
+    else this.interrupt?.addEventListener('abort', onInterrupt, { once: true });
+    let end: JobView | undefined;
+    try {
+      end = await waitForJob(
+        this.xs,
+        this.dom.domid,
+        (j) => isFinal(j?.state) || j === undefined,
+        this.args.timeoutMs,
+        (j) => this.display.update(j),
+        leave.signal,
+      );
+    } catch (err) {
+      if (err instanceof InterruptedError) return { kind: 'outcome', outcome: this.leftEarly() };
+      if (!(err instanceof CliError) || err.code !== ExitCode.TIMEOUT) throw err;
+      end = await readJob(this.xs, this.dom.domid);
+    } finally {
+      this.interrupt?.removeEventListener('abort', onInterrupt);
+    }
+    if (end?.state !== 'done') {
+      const outcome: Outcome = {
+        code: ExitCode.UNCERTAIN,
+        keep: true,
+        msg: `UNCERTAIN: xl moved ${this.dom.name} to ${this.dest.host} (left paused there) but the devices did not sync (job ${end?.state ?? 'unknown'})`,
+        hints: [
+          `on ${this.dest.host}: \`${this.remote('xl', 'list', this.dom.name)}\` shows the guest paused; do NOT unpause it until its disks are verified`,
+          `on this host: \`devmigrate status ${this.dom.domid}\` and the agent log (journalctl -u xen-devmigrate) name the failing device`,
+        ],
+      };
+      return { kind: 'outcome', outcome };
+    }
+    return { kind: 'synced' };
   }
 
   /** The unpause at the destination: the armed remote shell if it is still waiting, else run now. */
