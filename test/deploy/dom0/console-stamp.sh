@@ -13,8 +13,9 @@ case $1 in
   start)
     read up _ </proc/uptime
     echo "epoch $(date +%s.%N) $up" >$R.log
-    # -F: the destination's --incoming log appears only when xl restores the guest there.
-    setsid sh -c "tail -n 0 -q -F $L.log $L--incoming.log 2>/dev/null | while IFS= read -r l; do read up _ </proc/uptime; printf '%s %s\n' \"\$up\" \"\$l\"; done" \
+    # -F: the destination's --incoming log appears only when xl restores the guest there, and a
+    # file that is not there yet is polled (every second by default: -s 0.1).
+    setsid sh -c "tail -n 0 -q -s 0.1 -F $L.log $L--incoming.log 2>/dev/null | while IFS= read -r l; do read up _ </proc/uptime; printf '%s %s\n' \"\$up\" \"\$l\"; done" \
       >>$R.log 2>/dev/null </dev/null &
     echo $! >$R.pid
     ;;

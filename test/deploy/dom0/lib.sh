@@ -103,15 +103,26 @@ largest_gap_ms() {
 # Console stamps (dom0/console-stamp.sh) on both hosts around a migration.
 stamps() { on $B "sh /mnt/host/test/deploy/dom0/console-stamp.sh $1 $2" & on $A "sh /mnt/host/test/deploy/dom0/console-stamp.sh $1 $2"; wait; }
 # wall_gap_ms <tag> <host b's clock minus a's, ms>: the guest's largest clock step, measured
-# instead by when dom0s logged the lines around it (host a's clock; each guest line counts at
-# the first host that logged it): "<ms> <guest clock before> <after>".
+# instead by when the dom0s logged its lines (host a's clock): "<ms> <guest clock before> <after>".
+# A line is logged when xenconsoled reads it, at or after the guest printed it (the source's last
+# lines may be logged only by the destination, from the ring the memory carried), so each side
+# of the gap is the earliest of the guest's lines within 5 s of it, moved to the gap's edge by
+# the guest's own clock, which runs with the wall clock on either side of a suspension.
 wall_gap_ms() {
   {
     on $A "cat /mnt/run/a/console-stamp-$1.log" | awk -v off=0 'NR == 1 { e = $2; u = $3; next } $2 == "t" { printf "%s %.3f\n", $3, e + ($1 - u) - off / 1000 }'
     on $B "cat /mnt/run/b/console-stamp-$1.log" | awk -v off="$2" 'NR == 1 { e = $2; u = $3; next } $2 == "t" { printf "%s %.3f\n", $3, e + ($1 - u) - off / 1000 }'
-  } 2>/dev/null | sort -k1,1n -k2,2n | awk '$1 != p { print; p = $1 }' |
-    awk 'NR > 1 && $1 - pt > m { m = $1 - pt; g = $2 - pw; a = pt; b = $1 } { pt = $1; pw = $2 }
-      END { if (m > 0) printf "%d %s %s\n", g * 1000 + 0.5, a, b; else print "? ? ?" }'
+  } 2>/dev/null | sort -k1,1n -k2,2n | awk '
+    { t[NR] = $1; w[NR] = $2 }
+    END {
+      for (i = 2; i <= NR; i++) if (t[i] - t[i - 1] > m) { m = t[i] - t[i - 1]; a = t[i - 1]; b = t[i] }
+      if (m <= 0) { print "? ? ?"; exit }
+      for (i = 1; i <= NR; i++) {
+        if (t[i] <= a && t[i] >= a - 5) { x = w[i] + (a - t[i]); if (wb == "" || x < wb) wb = x }
+        if (t[i] >= b && t[i] <= b + 5) { x = w[i] - (t[i] - b); if (wa == "" || x < wa) wa = x }
+      }
+      printf "%d %s %s\n", (wa - wb) * 1000 + 0.5, a, b
+    }'
 }
 
 # clock_offset_ms <host>: that host's wall clock minus ours (ms) and the round trip it was read
