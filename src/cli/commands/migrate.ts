@@ -316,6 +316,8 @@ class Migration {
       // removal of the source, seconds of dom0 CPU that the guest does not wait for, yields to
       // it (measured on one-vCPU dom0s: the unpause waited behind that removal, docs/deploy-e2e.md).
       this.earlyUnpause = this.unpause();
+      // Awaited in syncAndUnpause; a failure meanwhile must not count as unhandled.
+      this.earlyUnpause.catch(() => undefined);
       xl.yieldCpu();
     }
     this.interrupt?.removeEventListener('abort', onInterrupt);

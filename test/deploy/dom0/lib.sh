@@ -100,8 +100,8 @@ largest_gap_ms() {
     awk 'NR > 1 { d = $1 - p; if (d > m) { m = d; at = p } } { p = $1 } END { printf "%d %s\n", m * 1000 + 0.5, at }'
 }
 
-# Console stamps (dom0/console-stamp.sh) on both hosts around a migration.
-stamps() { on $B "sh /mnt/host/test/deploy/dom0/console-stamp.sh $1 $2" & on $A "sh /mnt/host/test/deploy/dom0/console-stamp.sh $1 $2"; wait; }
+# record start|stop <kind> <tag>: dom0/record.sh on both hosts at once.
+record() { on $B "sh /mnt/host/test/deploy/dom0/record.sh $*" & on $A "sh /mnt/host/test/deploy/dom0/record.sh $*"; wait; }
 # wall_gap_ms <tag> <host b's clock minus a's, ms>: the guest's largest clock step, measured
 # instead by when the dom0s logged its lines (host a's clock): "<ms> <guest clock before> <after>".
 # A line is logged when xenconsoled reads it, at or after the guest printed it (the source's last
@@ -110,8 +110,8 @@ stamps() { on $B "sh /mnt/host/test/deploy/dom0/console-stamp.sh $1 $2" & on $A 
 # the guest's own clock, which runs with the wall clock on either side of a suspension.
 wall_gap_ms() {
   {
-    on $A "cat /mnt/run/a/console-stamp-$1.log" | awk -v off=0 'NR == 1 { e = $2; u = $3; next } $2 == "t" { printf "%s %.3f\n", $3, e + ($1 - u) - off / 1000 }'
-    on $B "cat /mnt/run/b/console-stamp-$1.log" | awk -v off="$2" 'NR == 1 { e = $2; u = $3; next } $2 == "t" { printf "%s %.3f\n", $3, e + ($1 - u) - off / 1000 }'
+    on $A "cat /mnt/run/a/console-$1.log" | awk -v off=0 'NR == 1 { e = $2; u = $3; next } $2 == "t" { printf "%s %.3f\n", $3, e + ($1 - u) - off / 1000 }'
+    on $B "cat /mnt/run/b/console-$1.log" | awk -v off="$2" 'NR == 1 { e = $2; u = $3; next } $2 == "t" { printf "%s %.3f\n", $3, e + ($1 - u) - off / 1000 }'
   } 2>/dev/null | sort -k1,1n -k2,2n | awk '
     { t[NR] = $1; w[NR] = $2 }
     END {

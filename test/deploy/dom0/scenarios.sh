@@ -174,13 +174,10 @@ migrate_measure() {
 }
 
 # profile start|stop <tag>: with --profile (DEPLOY_PROFILE=1), process accounting and a
-# once-a-second /proc sampler on both hosts around a migration (dom0/profile.sh; the harness's
-# lib/profile.js reads them).
+# once-a-second /proc sampler on both hosts around a migration (the harness's lib/profile.js).
 profile() {
   [ "${DEPLOY_PROFILE:-0}" = 1 ] || return 0
-  on $B "sh /mnt/host/test/deploy/dom0/profile.sh $1 $2" &
-  on $A "sh /mnt/host/test/deploy/dom0/profile.sh $1 $2"
-  wait
+  record $1 procs $2
 }
 # xl_lines <host> <tag> <offset ms of that host's clock>: the xl-lines record of a migration as
 # "xl-line <wall time on host a> <line>", also kept as /mnt/run/<host>/xl-lines-<tag>.log.
@@ -213,11 +210,11 @@ sc_a() {
   # The unpause is the command's own (no --unpause-command): its remote shell connected while
   # xl runs; its end is the job's toolstack/unpaused mark.
   profile start dm-ab
-  stamps start dm-ab
+  record start console dm-ab
   migrate_measure dm-ab $A "devmigrate migrate --keep-job --timeout 900 --migrate-command $TOOLS/xl-migrate-timed $GUEST $B"
   rc=$?
   profile stop dm-ab
-  stamps stop dm-ab
+  record stop console dm-ab
   DM_GAP=$((GAP_MS - off))
   check "a:migrate-exit" "devmigrate migrate $GUEST $B exited $rc in ${MIG_SECONDS}s" "[ $rc -eq 0 ]"
   check "a:unpause-connected" "the unpause went through the remote shell connected while xl ran" \
@@ -273,10 +270,10 @@ sc_a() {
   # Reference: plain xl migrate of the same guest, back b -> a (a still has the disk image the
   # guest left there, as shared storage would; the device state is carried back by hand after).
   profile start xl-ba
-  stamps start xl-ba
+  record start console xl-ba
   migrate_measure xl-ba $B "$TOOLS/xl-lines /run/deploy-xl-lines.xl-ba xl migrate $GUEST $A"
   profile stop xl-ba
-  stamps stop xl-ba
+  record stop console xl-ba
   xl=$((GAP_MS + off))
   # xl's lines with their times, both migrations on host a's clock (b's offset removed).
   xl_lines $A dm-ab 0

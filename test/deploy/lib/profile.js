@@ -1,5 +1,5 @@
 // The deployment e2e's --profile: where each host's CPU went during a guest's downtime.
-// dom0/profile.sh leaves, per host and migration, the kernel's process accounting (every process
+// dom0/record.sh (procs) leaves, per host and migration, the kernel's process accounting (every process
 // that ended: ssh sessions, rsync's server, hotplug scripts, xl) and a once-a-second sample of
 // /proc/<pid>/stat (the ones that ran on: the agent, sshd connections, xenstored, kernel threads).
 // Both are summed per command name over a window on host a's clock. Usage (also run by run.js
@@ -34,7 +34,7 @@ export function parsePacct(buf) {
   return out;
 }
 
-/** profile-<tag>.stat: "epoch <wall> <uptime> <CLK_TCK>", then "@ <uptime>" + /proc/<pid>/stat lines. */
+/** procs-<tag>.log: "epoch <wall> <uptime> <CLK_TCK>", then "@ <uptime>" + /proc/<pid>/stat lines. */
 export function parseStat(text) {
   const lines = text.split('\n');
   const [, wall, up0, hz] = lines[0].split(' ');
@@ -116,8 +116,8 @@ export function profileReport(runDir) {
     const t0 = t1 - w.downtimeMs / 1000;
     out.push(`profile ${tag}: CPU seconds per command during the guest's downtime (${(t1 - t0).toFixed(1)} s, host a's clock)`);
     for (const h of ['a', 'b']) {
-      const stat = path.join(runDir, h, `profile-${tag}.stat`);
-      const acct = path.join(runDir, h, `profile-${tag}.pacct`);
+      const stat = path.join(runDir, h, `procs-${tag}.log`);
+      const acct = path.join(runDir, h, `procs-${tag}.pacct`);
       if (!fs.existsSync(stat) || !fs.existsSync(acct)) {
         out.push(`  host ${h}: no profile files`);
         continue;
