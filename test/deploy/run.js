@@ -175,7 +175,13 @@ async function main() {
   makeKeys(path.join(runDir, 'keys'));
   // --profile: the dom0 image has no acct package; a static helper switches accounting on.
   if (opts.profile)
-    execFileSync('gcc', ['-static', '-O2', '-o', path.join(runDir, 'acctctl'), path.join(HERE, 'tools/acctctl.c')]);
+    execFileSync('gcc', [
+      '-static',
+      '-O2',
+      '-o',
+      path.join(runDir, 'acctctl'),
+      path.join(HERE, 'tools/acctctl.c'),
+    ]);
   const fromDom0 = (p) => path.posix.join('/mnt/host', path.relative(REPO, p));
 
   const show = (name) => (t, text) => {

@@ -9,7 +9,10 @@ describe('processTree', () => {
   let proc: string;
   const stat = async (pid: number, comm: string, ppid: number): Promise<void> => {
     await mkdir(join(proc, String(pid)));
-    await writeFile(join(proc, String(pid), 'stat'), `${pid} (${comm}) S ${ppid} ${pid} ${pid} 0 -1 4194560\n`);
+    await writeFile(
+      join(proc, String(pid), 'stat'),
+      `${pid} (${comm}) S ${ppid} ${pid} ${pid} 0 -1 4194560\n`,
+    );
   };
   beforeAll(async () => {
     proc = await mkdtemp(join(tmpdir(), 'proc-'));
@@ -31,7 +34,11 @@ describe('processTree', () => {
   it('holds the process and every descendant, nothing else', () => {
     expect(processTree(100, proc).sort((a, b) => a - b)).toEqual([100, 101, 102, 103, 104]);
     expect(processTree(104, proc)).toEqual([104]);
-    expect(childrenOf(101, proc).map((c) => c.comm).sort()).toEqual(['libxl-save-hel', 'x) (2 S 1']);
+    expect(
+      childrenOf(101, proc)
+        .map((c) => c.comm)
+        .sort(),
+    ).toEqual(['libxl-save-hel', 'x) (2 S 1']);
   });
 
   it('is the process alone when /proc cannot be read', () => {

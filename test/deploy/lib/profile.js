@@ -114,7 +114,9 @@ export function profileReport(runDir) {
     }
     const t1 = w.end;
     const t0 = t1 - w.downtimeMs / 1000;
-    out.push(`profile ${tag}: CPU seconds per command during the guest's downtime (${(t1 - t0).toFixed(1)} s, host a's clock)`);
+    out.push(
+      `profile ${tag}: CPU seconds per command during the guest's downtime (${(t1 - t0).toFixed(1)} s, host a's clock)`,
+    );
     for (const h of ['a', 'b']) {
       const stat = path.join(runDir, h, `procs-${tag}.log`);
       const acct = path.join(runDir, h, `procs-${tag}.pacct`);
