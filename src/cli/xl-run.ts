@@ -68,9 +68,9 @@ export interface XlRun {
   yieldCpu(): void;
 }
 
-/** Direct children of a process (Linux /proc), with their command names. */
-export function childrenOf(pid: number, procRoot = '/proc'): { pid: number; comm: string }[] {
-  const out: { pid: number; comm: string }[] = [];
+/** Every process of a /proc with its parent and command name (one pass; ended ones skipped). */
+function processTable(procRoot: string): { pid: number; ppid: number; comm: string }[] {
+  const out: { pid: number; ppid: number; comm: string }[] = [];
   let entries: string[];
   try {
     entries = readdirSync(procRoot);
@@ -85,7 +85,7 @@ export function childrenOf(pid: number, procRoot = '/proc'): { pid: number; comm
       const close = stat.lastIndexOf(')');
       const comm = stat.slice(stat.indexOf('(') + 1, close);
       const ppid = Number(stat.slice(close + 2).split(' ')[1]);
-      if (ppid === pid) out.push({ pid: Number(e), comm });
+      out.push({ pid: Number(e), ppid, comm });
     } catch {
       // the process ended meanwhile
     }
@@ -93,25 +93,17 @@ export function childrenOf(pid: number, procRoot = '/proc'): { pid: number; comm
   return out;
 }
 
+/** Direct children of a process (Linux /proc), with their command names. */
+export function childrenOf(pid: number, procRoot = '/proc'): { pid: number; comm: string }[] {
+  return processTable(procRoot)
+    .filter((p) => p.ppid === pid)
+    .map(({ pid: child, comm }) => ({ pid: child, comm }));
+}
+
 /** A process and all of its descendants (one pass over /proc). */
 export function processTree(pid: number, procRoot = '/proc'): number[] {
   const kids = new Map<number, number[]>();
-  let entries: string[];
-  try {
-    entries = readdirSync(procRoot);
-  } catch {
-    return [pid];
-  }
-  for (const e of entries) {
-    if (!/^[0-9]+$/.test(e)) continue;
-    try {
-      const stat = readFileSync(`${procRoot}/${e}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      kids.set(ppid, [...(kids.get(ppid) ?? []), Number(e)]);
-    } catch {
-      // the process ended meanwhile
-    }
-  }
+  for (const p of processTable(procRoot)) kids.set(p.ppid, [...(kids.get(p.ppid) ?? []), p.pid]);
   const out: number[] = [];
   const todo = [pid];
   while (todo.length > 0 && out.length < 4096) {

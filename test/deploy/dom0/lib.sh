@@ -102,6 +102,11 @@ largest_gap_ms() {
 
 # record start|stop <kind> <tag>: dom0/record.sh on both hosts at once.
 record() { on $B "sh /mnt/host/test/deploy/dom0/record.sh $*" & on $A "sh /mnt/host/test/deploy/dom0/record.sh $*"; wait; }
+# stamped_t <host> <tag> <that host's clock minus a's, ms>: "<guest clock> <host a's wall time>".
+stamped_t() {
+  on $1 "cat /mnt/run/${1#host-}/console-$2.log" |
+    awk -v off="$3" 'NR == 1 { e = $2; u = $3; next } $2 == "t" { printf "%s %.3f\n", $3, e + ($1 - u) - off / 1000 }'
+}
 # wall_gap_ms <tag> <host b's clock minus a's, ms>: the guest's largest clock step, measured
 # instead by when the dom0s logged its lines (host a's clock): "<ms> <guest clock before> <after>".
 # A line is logged when xenconsoled reads it, at or after the guest printed it (the source's last
@@ -109,10 +114,7 @@ record() { on $B "sh /mnt/host/test/deploy/dom0/record.sh $*" & on $A "sh /mnt/h
 # of the gap is the earliest of the guest's lines within 5 s of it, moved to the gap's edge by
 # the guest's own clock, which runs with the wall clock on either side of a suspension.
 wall_gap_ms() {
-  {
-    on $A "cat /mnt/run/a/console-$1.log" | awk -v off=0 'NR == 1 { e = $2; u = $3; next } $2 == "t" { printf "%s %.3f\n", $3, e + ($1 - u) - off / 1000 }'
-    on $B "cat /mnt/run/b/console-$1.log" | awk -v off="$2" 'NR == 1 { e = $2; u = $3; next } $2 == "t" { printf "%s %.3f\n", $3, e + ($1 - u) - off / 1000 }'
-  } 2>/dev/null | sort -k1,1n -k2,2n | awk '
+  { stamped_t $A "$1" 0; stamped_t $B "$1" "$2"; } 2>/dev/null | sort -k1,1n -k2,2n | awk '
     { t[NR] = $1; w[NR] = $2 }
     END {
       for (i = 2; i <= NR; i++) if (t[i] - t[i - 1] > m) { m = t[i] - t[i - 1]; a = t[i - 1]; b = t[i] }
