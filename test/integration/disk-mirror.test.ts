@@ -183,9 +183,10 @@ describe.skipIf(missing !== undefined)(
       expect(bulkMs).toBeGreaterThan(1000);
       expect(progress.at(-1)).toBe(64 * MiB);
       // Thin stays thin: the target holds what the source holds, plus at most one dirty-bitmap
-      // granule (64 KiB) per guest write that landed in a hole during the bulk copy.
+      // granule (64 KiB) per guest write that landed in a hole during the bulk copy. (Not also
+      // "under 64 MiB": a guest that writes long enough, as in a loaded run, fills the image, and
+      // the target then held 64 MiB + 8 KiB of extent blocks, within this bound.)
       expect(allocatedBytes(dest)).toBeLessThanOrEqual(allocatedBytes(image) + writes * 64 * 1024);
-      expect(allocatedBytes(dest)).toBeLessThan(64 * MiB);
       expect(await sourceLeftovers()).toEqual([]);
       expect(destinationLeftovers()).toEqual([`image ${dest}`]);
     });
